@@ -1,0 +1,198 @@
+"""Blind Knowledge Distillation (arXiv:2211.11355): train a teacher and a student together on noisy labels.
+
+The student learns the teacher's logits with the label's own class masked out, so it cannot memorise the
+given label. When the student's confidence peaks (the tipping point between generalising and memorising),
+the teacher-student agreement on each label is split with a modified Otsu threshold: the training samples
+get per-group soft targets from then on, and the lowest group of the whole training set is written to
+detection.npy as the labels believed wrong. See ../shared/BKD_SPEC.md and README.md.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data import load_dataset, split_indices
+from data.pipeline import DeviceBatches, to_device_images
+from models import build_model
+from utils.bkd import (DegenerateSplit, agreement, assign_groups, compensation_loss, find_tipping_epoch,
+                       otsu_split, precision_recall_f1, robust_targets, soft_cross_entropy)
+from utils.checkpoint import save_checkpoint, save_json, save_npy
+from utils.cli import get_args_parser, run_dir, run_main
+from utils.engine import accuracy, agreement_pass, autocast, get_device, seed_everything
+
+SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def log_split(name, split):
+    log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in zip(SPLIT_NAMES, split)))
+
+
+def main(args):
+    # ------------------------------------------------------------------ setup
+    t0 = time.time()
+    device = get_device(args.device)
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    seed_everything(args.seed)
+    out_dir = run_dir(args)
+    log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    log(f"device {device}, precision {precision}, results in {out_dir}")
+
+    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)
+    os.makedirs(out_dir, exist_ok=True)
+    train_idx, val_idx = split_indices(len(data.noisy_labels), args.val_ratio, args.seed)
+    pad_mode, flip_first = data.augment
+    images = to_device_images(data.train_images, pad_mode, device)
+    labels = torch.as_tensor(data.noisy_labels, device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(args.seed)
+    channels_last = device.type == "cuda"
+    common = dict(mean_std=data.mean_std, flip_first=flip_first, generator=generator, channels_last=channels_last)
+    train_batches = DeviceBatches(images, labels, train_idx, batch_size=args.batch_size, augment=True,
+                                  shuffle=True, **common)
+    # Validation uses the test transform; with --val_ratio 0 the training split (augmented) stands in, as in the reference.
+    val_batches = (DeviceBatches(images, labels, val_idx, batch_size=args.eval_batch_size, **common) if len(val_idx)
+                   else DeviceBatches(images, labels, train_idx, batch_size=args.eval_batch_size, augment=True, **common))
+    # The full-set pass for detection goes through the training augmentation, as in the reference.
+    full_batches = DeviceBatches(images, labels, None, batch_size=args.eval_batch_size, augment=True, **common)
+    test_batches = DeviceBatches(to_device_images(data.test_images, pad_mode, device),
+                                 torch.as_tensor(data.test_labels, device=device), None,
+                                 batch_size=args.eval_batch_size, **common)
+    log(f"{args.dataset} {args.noise_type}: {len(train_idx)} training, {len(val_idx)} validation, "
+        f"{len(data.test_labels)} test images; noise rate {data.noise_or_not.mean() * 100:.2f} %")
+
+    teacher = build_model(args.arch, data.num_classes).to(device)
+    student = build_model(args.arch, data.num_classes).to(device)
+    if channels_last:
+        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    params = list(teacher.parameters()) + list(student.parameters())
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=150, gamma=0.1)
+    run_teacher, run_student = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
+
+    # Per-sample statistics, flat device tensors indexed by position: the agreement on the label recorded during
+    # the last 4 epochs (the tipping epoch is at most 3 epochs old when found) and the matching full-set passes.
+    n_train, n_full = len(train_idx), len(data.noisy_labels)
+    train_agree = torch.zeros(4, n_train, device=device)
+    full_agree = torch.zeros(4, n_full, device=device)
+    groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
+    alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
+
+    metrics = dict(args=vars(args), device=str(device), precision=precision, confidence=[], tipping_epoch=None,
+                   train_split=None, detection_split=None, group_sizes=None, detection=None, val=[], test=[],
+                   best_val_accuracy=None, best_epoch=None, final_test_accuracy=None, warnings=[], finished=False)
+    best_val = -1.0
+
+    # ------------------------------------------------------------------ training
+    n_iter = len(train_batches)
+    for epoch in range(args.n_epoch):
+        t_epoch = time.time()
+        run_teacher.train()
+        run_student.train()
+        confidence_sum = torch.zeros((), device=device)
+        slot = epoch % 4
+        for it, (x, y, pos) in enumerate(tqdm(train_batches, desc=f"epoch {epoch}", file=sys.stderr,
+                                              disable=None, leave=False)):
+            with autocast(device, precision):
+                t, s = run_teacher(x), run_student(x)
+            t, s = t.float(), s.float()
+            loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label
+            targets = robust_targets(y, s, alpha_of_group[groups[pos]])  # one-hot before the split
+            loss_ce = soft_cross_entropy(t, targets)  # the teacher learns the (softened) label
+            loss = loss_ce + loss_c
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                train_agree[slot, pos] = agreement(t, s).gather(1, y[:, None]).squeeze(1)
+                confidence_sum += torch.softmax(s, dim=1).max(dim=1).values.sum()
+            if (it + 1) % args.print_freq == 0 or it + 1 == n_iter:
+                log(f"Epoch [{epoch}/{args.n_epoch}] Iter [{it + 1}/{n_iter}] loss: {loss.item():.4f} "
+                    f"naive_loss: {loss_ce.item():.4f} compensation_l2_loss: {loss_c.item():.4f}")
+        scheduler.step()
+        confidence = confidence_sum.item() / n_train
+        metrics["confidence"].append(confidence)
+        log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s")
+
+        # ------------------------------------------------------------ tipping point, split, detection
+        if metrics["tipping_epoch"] is None:
+            full_agree[slot] = agreement_pass(run_teacher, run_student, full_batches, precision)[0]
+            tipping = find_tipping_epoch(metrics["confidence"])
+            if tipping is not None:
+                metrics["tipping_epoch"] = tipping
+                log(f"overfitting epoch: {tipping}")
+                try:
+                    split = otsu_split(train_agree[tipping % 4].cpu().numpy())
+                    log_split("training split", split)
+                    groups = torch.as_tensor(assign_groups(train_agree[tipping % 4].cpu().numpy(), split), device=device)
+                    metrics["train_split"] = dict(zip(SPLIT_NAMES, split))
+                    metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
+                    log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))
+                except DegenerateSplit as e:
+                    metrics["warnings"].append(f"training split impossible, plain one-hot training continues: {e}")
+                    log(f"WARNING: {metrics['warnings'][-1]}")
+                scores = full_agree[tipping % 4].cpu().numpy()
+                try:
+                    split = otsu_split(scores)
+                    log_split("detection split", split)
+                    metrics["detection_split"] = dict(zip(SPLIT_NAMES, split))
+                    flagged = assign_groups(scores, split) == 4
+                except DegenerateSplit as e:
+                    metrics["warnings"].append(f"detection split impossible, nothing flagged: {e}")
+                    log(f"WARNING: {metrics['warnings'][-1]}")
+                    flagged = np.zeros(n_full, dtype=bool)
+                save_npy(f"{out_dir}/detection.npy", flagged)
+                save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
+                p, r, f1 = precision_recall_f1(flagged, data.noise_or_not)
+                metrics["detection"] = dict(flagged=int(flagged.sum()), truly_noisy=int(data.noise_or_not.sum()),
+                                            precision=p, recall=r, f1=f1)
+                log(f"flagged {flagged.sum()} of {n_full} labels as noisy (precision {p:.4f}, recall {r:.4f}, "
+                    f"F1 {f1:.4f} against the ground truth, for reporting only)")
+
+        # ------------------------------------------------------------ evaluation
+        last = epoch == args.n_epoch - 1
+        if epoch % args.noisy_val_freq == 0 or last:
+            val_acc = accuracy(run_teacher, run_student, val_batches, precision)
+            metrics["val"].append(dict(epoch=epoch, accuracy=val_acc))
+            log(f"noisy validation accuracy: {val_acc:.2f} % (epoch {epoch})")
+            if val_acc > best_val:
+                best_val = val_acc
+                metrics["best_val_accuracy"], metrics["best_epoch"] = val_acc, epoch
+                save_checkpoint(f"{out_dir}/best_teacher.pth.tar", teacher, epoch, args.arch)
+                save_checkpoint(f"{out_dir}/best_student.pth.tar", student, epoch, args.arch)
+                log(f"saved best networks (epoch {epoch})")
+        if epoch % args.clean_test_freq == 0 or last:
+            test_acc = accuracy(run_teacher, run_student, test_batches, precision)
+            metrics["test"].append(dict(epoch=epoch, accuracy=test_acc))
+            log(f"clean test accuracy: {test_acc:.2f} % (epoch {epoch})")
+
+    # ------------------------------------------------------------------ report
+    save_checkpoint(f"{out_dir}/teacher.pth.tar", teacher, args.n_epoch - 1, args.arch)
+    save_checkpoint(f"{out_dir}/student.pth.tar", student, args.n_epoch - 1, args.arch)
+    metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"]
+    metrics["wall_time_s"] = time.time() - t0
+    metrics["finished"] = True
+    save_json(f"{out_dir}/metrics.json", metrics)
+    log(f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1}); "
+        f"best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
+    if metrics["tipping_epoch"] is None:
+        log(f"WARNING: no tipping epoch found in {args.n_epoch} epochs: training stayed one-hot and detection.npy "
+            f"was not written; train for more epochs (the reference uses 300)")
+    else:
+        d = metrics["detection"]
+        log(f"tipping epoch {metrics['tipping_epoch']}; flagged {d['flagged']} labels: precision {d['precision']:.4f}, "
+            f"recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
+    for warning in metrics["warnings"]:
+        log(f"WARNING: {warning}")
+    log(f"done in {metrics['wall_time_s']:.0f} s; outputs in {out_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser(__doc__.splitlines()[0]))

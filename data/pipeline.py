@@ -1,0 +1,72 @@
+"""Batches made on the training device: the uint8 images live there once, padded by 4 pixels; every batch is
+gathered, randomly cropped and flipped per image, and normalised with a few batched tensor ops. No PIL, no
+DataLoader workers, no per-image Python. Batches carry each sample's position in its split."""
+import numpy as np
+import torch
+
+PAD = 4
+SIZE = 32
+
+
+def to_device_images(images, pad_mode, device):
+    """uint8 (N, 32, 32, 3) numpy -> uint8 (N, 3, 40, 40) on device, padded once by 4 pixels.
+
+    pad_mode "reflect" mirrors without repeating the edge (as torchvision's reflect padding); "constant"
+    pads black pixels, as PIL's zero padding does before normalisation."""
+    padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode=pad_mode)
+    return torch.from_numpy(padded).to(device).permute(0, 3, 1, 2).contiguous()
+
+
+def crop_flip_indices(batch, flip_first, generator, device):
+    """Row and column indices (B, 32) into the padded images for one random crop and flip per image.
+
+    flip_first=True is "flip, then crop" (CIFAR-10), False is "crop, then flip" (CIFAR-100); both flips
+    mirror the whole padded image or the crop, so the gather below does either in one step."""
+    dy, dx = torch.randint(0, 2 * PAD + 1, (2, batch, 1), generator=generator, device=device)
+    flip = torch.randint(0, 2, (batch, 1), generator=generator, device=device).bool()
+    k = torch.arange(SIZE, device=device)
+    flipped_cols = (SIZE + 2 * PAD - 1 - dx - k) if flip_first else (dx + SIZE - 1 - k)
+    return dy + k, torch.where(flip, flipped_cols, dx + k)
+
+
+class DeviceBatches:
+    """Iterable over one split: yields (images float (B, 3, 32, 32) normalised, labels, positions in the split).
+
+    images: padded uint8 (N, 3, 40, 40) of the whole set on the device; labels: (N,) on the device;
+    indices: which of the N images form this split, in split order (None = all, in order)."""
+
+    def __init__(self, images, labels, indices, mean_std, batch_size, augment=False, flip_first=True,
+                 shuffle=False, generator=None, channels_last=False):
+        self.images, self.labels = images, labels
+        device = images.device
+        self.indices = (torch.arange(len(images), device=device) if indices is None
+                        else torch.as_tensor(indices, dtype=torch.long, device=device))
+        mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in mean_std)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std  # x / 255 normalised in one fused op
+        self.batch_size, self.augment, self.flip_first = batch_size, augment, flip_first
+        self.shuffle, self.generator, self.channels_last = shuffle, generator, channels_last
+
+    def __len__(self):
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+    def batch(self, positions):
+        """The batch of the given split positions (a device tensor)."""
+        full = self.indices[positions]
+        x = self.images[full]
+        if self.augment:
+            rows, cols = crop_flip_indices(len(full), self.flip_first, self.generator, x.device)
+            x = x[torch.arange(len(full), device=x.device)[:, None, None, None],
+                  torch.arange(3, device=x.device)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        else:
+            x = x[:, :, PAD:PAD + SIZE, PAD:PAD + SIZE]
+        x = torch.addcmul(self.shift, x.float(), self.scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[full], positions
+
+    def __iter__(self):
+        n, device = len(self.indices), self.indices.device
+        order = (torch.randperm(n, generator=self.generator, device=device) if self.shuffle
+                 else torch.arange(n, device=device))
+        for start in range(0, n, self.batch_size):
+            yield self.batch(order[start:start + self.batch_size])

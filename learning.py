@@ -1,0 +1,41 @@
+"""Clean test accuracy of a BKD run: load its teacher and student and predict with their agreement.
+
+By default the final networks (teacher.pth.tar / student.pth.tar, what the reference evaluates); with
+--checkpoint best, the pair that scored highest on noisy-label validation (best_*.pth.tar).
+"""
+import torch
+
+from data import load_dataset
+from data.pipeline import DeviceBatches, to_device_images
+from utils.checkpoint import load_network
+from utils.cli import get_args_parser, run_dir, run_main
+from utils.engine import accuracy, get_device
+
+
+def main(args):
+    device = get_device(args.device)
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    out_dir = run_dir(args)
+    prefix = "best_" if args.checkpoint == "best" else ""
+    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)
+    networks, epochs = [], []
+    for role in ("teacher", "student"):
+        model, checkpoint = load_network(f"{out_dir}/{prefix}{role}.pth.tar", args.arch, data.num_classes)
+        networks.append(model.to(device))
+        epochs.append(checkpoint.get("epoch"))
+    test_batches = DeviceBatches(to_device_images(data.test_images, data.augment[0], device),
+                                 torch.as_tensor(data.test_labels, device=device), None, data.mean_std,
+                                 batch_size=args.eval_batch_size)
+    acc = accuracy(*networks, test_batches, precision)
+    which = "best-by-validation" if args.checkpoint == "best" else "final"
+    print(f"evaluated the {which} networks of {out_dir} (teacher epoch {epochs[0]}, student epoch {epochs[1]}) "
+          f"on {len(data.test_labels)} clean test images")
+    print(f"test accuracy: {acc:.2f} %")
+
+
+if __name__ == "__main__":
+    parser = get_args_parser(__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="final", choices=("final", "best"),
+                        help="final: teacher/student.pth.tar (the reference's choice); "
+                             "best: best_teacher/best_student.pth.tar, chosen by noisy-label validation")
+    run_main(main, parser)

@@ -1,0 +1,97 @@
+"""Command-line flags shared by the three scripts (so a user swaps the script name and keeps the command),
+their checks, and the error handling every entry point uses."""
+import argparse
+import os
+import sys
+
+from data import DATASETS, DEFAULT_NOISE_TYPE, NOISE_TYPES
+from models import ARCHS
+from utils import InputError
+
+DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic": "small_cnn"}
+ALL_NOISE_TYPES = sorted({n for types in NOISE_TYPES.values() for n in types})
+
+
+def get_args_parser(description):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
+                   help="cifar10 / cifar100 with CIFAR-N labels, or synthetic (built in, offline, for demos and tests)")
+    g.add_argument("--noise_type", default=None, choices=ALL_NOISE_TYPES,
+                   help="label set: clean, aggre, worst, rand1, rand2, rand3 (cifar10, synthetic); "
+                        "clean100, noisy100 (cifar100). Default: worst, or noisy100 for cifar100")
+    g.add_argument("--noise_path", default=None,
+                   help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt); default: downloaded into --data_dir")
+    g.add_argument("--data_dir", default="~/data", help="where CIFAR and CIFAR-N files are found or downloaded")
+    g.add_argument("--val_ratio", type=float, default=0.1,
+                   help="fraction of the training set held out (with noisy labels) to choose the best networks; "
+                        "0 = the challenge setting, no validation set")
+    g.add_argument("--num_workers", type=int, default=4,
+                   help="accepted for compatibility with the reference; unused, batches are made on the device")
+    g = p.add_argument_group("training")
+    g.add_argument("--arch", default=None, choices=sorted(ARCHS),
+                   help="network of teacher and student. Default: preresnet18, or small_cnn for synthetic")
+    g.add_argument("--n_epoch", type=int, default=300, help="number of epochs")
+    g.add_argument("--batch_size", type=int, default=128, help="training batch size")
+    g.add_argument("--lr", type=float, default=0.02, help="SGD learning rate, x0.1 every 150 epochs")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay over both networks")
+    for i, a in enumerate((0.30, 0.45, 0.55, 0.70), start=1):
+        g.add_argument(f"--alpha{i}", type=float, default=a,
+                       help=f"weight of the student's opinion in the teacher's target for group {i} after the split")
+    g.add_argument("--seed", type=int, default=0, help="seeds Python, numpy, torch and the validation split")
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--noisy_val_freq", type=int, default=10,
+                   help="every N epochs (and at the last), noisy-label validation accuracy; the best keeps best_*.pth.tar")
+    g.add_argument("--clean_test_freq", type=int, default=10,
+                   help="every N epochs (and at the last), clean test accuracy (printed only, never used)")
+    g.add_argument("--print_freq", type=int, default=100, help="print the losses every N iterations")
+    g.add_argument("--eval_batch_size", type=int, default=1024, help="batch size of evaluation and full-set passes")
+    g.add_argument("--results_dir", default="results",
+                   help="root of the run directories <dataset>_<noise_type>_seed_<seed>/")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="autocast precision of the networks; losses and statistics are always fp32. "
+                        "auto = bf16 on CUDA, fp32 on CPU; fp32 reproduces the reference's numerics")
+    g.add_argument("--compile", action="store_true", help="torch.compile both networks (slow start, faster epochs)")
+    return p
+
+
+def check_args(parser, args):
+    """Resolve dataset-dependent defaults and reject values that make no sense, argparse-style (exit 2)."""
+    valid = sorted(NOISE_TYPES[args.dataset])
+    if args.noise_type is None:
+        args.noise_type = DEFAULT_NOISE_TYPE[args.dataset]
+    elif args.noise_type not in valid:
+        parser.error(f"argument --noise_type: invalid choice for --dataset {args.dataset}: "
+                     f"'{args.noise_type}' (choose from {', '.join(valid)})")
+    args.arch = args.arch or DEFAULT_ARCH[args.dataset]
+    args.data_dir = os.path.expanduser(args.data_dir)
+    if not 0 <= args.val_ratio < 1:
+        parser.error(f"argument --val_ratio: must be in [0, 1), got {args.val_ratio}")
+    for name in ("n_epoch", "batch_size", "eval_batch_size", "print_freq", "noisy_val_freq", "clean_test_freq"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2 ** 32:
+        parser.error(f"argument --seed: must be in [0, 2**32), got {args.seed}")
+    if not args.lr > 0 or args.momentum < 0 or args.weight_decay < 0:
+        parser.error("arguments --lr must be positive, --momentum and --weight_decay non-negative")
+    for i in range(1, 5):
+        if not 0 <= getattr(args, f"alpha{i}") <= 1:
+            parser.error(f"argument --alpha{i}: must be in [0, 1], got {getattr(args, f'alpha{i}')}")
+    return args
+
+
+def run_dir(args):
+    return os.path.join(args.results_dir, f"{args.dataset}_{args.noise_type}_seed_{args.seed}")
+
+
+def run_main(main, parser):
+    """Parse, check and run; bad input ends with one line on stderr and exit code 2, never a traceback."""
+    args = check_args(parser, parser.parse_args())
+    try:
+        main(args)
+    except InputError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
