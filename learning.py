@@ -21,11 +21,11 @@ def main(args):
     networks, epochs = [], []
     for role in ("teacher", "student"):
         model, checkpoint = load_network(f"{out_dir}/{prefix}{role}.pth.tar", args.arch, data.num_classes)
-        networks.append(model.to(device))
+        networks.append(model.to(device, memory_format=torch.channels_last))
         epochs.append(checkpoint.get("epoch"))
     test_batches = DeviceBatches(to_device_images(data.test_images, data.augment[0], device),
                                  torch.as_tensor(data.test_labels, device=device), None, data.mean_std,
-                                 batch_size=args.eval_batch_size)
+                                 batch_size=args.eval_batch_size, channels_last=True)
     acc = accuracy(*networks, test_batches, precision)
     which = "best-by-validation" if args.checkpoint == "best" else "final"
     print(f"evaluated the {which} networks of {out_dir} (teacher epoch {epochs[0]}, student epoch {epochs[1]}) "

@@ -67,6 +67,11 @@ def _shape_masks(cls, u, v, r, t, period, phase):
     return _soft(d * 1.2)
 
 
+def _col(a, idx):
+    """Per-image scalars a[idx] shaped (m, 1, 1) to broadcast over pixels."""
+    return a[idx, None, None]
+
+
 def _smooth_field(rng, n, amp):
     """Low-frequency colour texture: 5x5 noise bilinearly upsampled to 32x32."""
     coarse = rng.standard_normal((n, 3, 5, 5), dtype=np.float32)
@@ -84,26 +89,28 @@ def _draw_images(rng, labels):
     # One latent difficulty per image drives all nuisances together, so a few
     # images are genuinely hard (faint, small, noisy) while most are clear.
     hard = rng.beta(1.3, 2.6, n).astype(f32)
-    jitter = lambda: rng.uniform(0.5, 1.0, n).astype(f32)
-    r = (rng.uniform(8.0, 12.0, n) - 4.0 * hard).astype(f32)
+    r = (rng.uniform(9.0, 13.0, n) - 4.0 * hard).astype(f32)
     contrast = (rng.uniform(0.6, 0.95, n) - 0.5 * hard).astype(f32)
-    sigma = 0.01 + 0.15 * hard * jitter()
-    tex_amp = 0.2 * hard * jitter()
+    sigma = 0.01 + 0.15 * hard * rng.uniform(0.5, 1.0, n).astype(f32)
+    tex_amp = 0.2 * hard * rng.uniform(0.5, 1.0, n).astype(f32)
     n_clutter = rng.binomial(3, 0.1 + 0.3 * hard)
     # Nuisances independent of difficulty.
     cx = rng.uniform(0.75 * r, SIZE - 1 - 0.75 * r).astype(f32)
     cy = rng.uniform(0.75 * r, SIZE - 1 - 0.75 * r).astype(f32)
-    theta = rng.uniform(-0.3, 0.3, n).astype(f32)  # < 22.5 deg keeps plus/cross apart
-    t = rng.uniform(2.0, 3.5, n).astype(f32)
+    theta = rng.uniform(-0.25, 0.25, n).astype(f32)  # < 22.5 deg keeps plus/cross apart
+    t = rng.uniform(2.5, 4.5, n).astype(f32)
     period = rng.uniform(4.0, 7.0, n).astype(f32)
     phase = rng.uniform(0, 2 * np.pi, n).astype(f32)
 
-    # Foreground = background moved by `contrast` along a random colour direction.
+    # Foreground = background moved by `contrast`, mostly along brightness (as
+    # edges in natural images are) with a random colour tint and polarity.
     bg = rng.uniform(0.15, 0.85, (n, 3)).astype(f32)
-    direction = rng.standard_normal((n, 3)).astype(f32)
+    direction = 1.0 + 0.6 * rng.standard_normal((n, 3)).astype(f32)
+    direction *= rng.choice(np.array([-1, 1], f32), n)[:, None]
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    direction *= np.where((bg + direction * contrast[:, None] > 1).any(1)
-                          | (bg + direction * contrast[:, None] < 0).any(1), -1, 1)[:, None]
+    # Flip polarity where the chosen one would leave the colour cube.
+    moved = bg + direction * contrast[:, None]
+    direction[((moved > 1) | (moved < 0)).any(1)] *= -1
     fg = np.clip(bg + direction * contrast[:, None], 0, 1)
 
     # Shape coverage, drawn class by class so every call is one vectorised batch.
@@ -111,11 +118,10 @@ def _draw_images(rng, labels):
     dx, dy = _XX - cx[:, None, None], _YY - cy[:, None, None]
     c, s = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
     u, v = c * dx + s * dy, -s * dx + c * dy
-    col = lambda a, idx: a[idx, None, None]
     for k in range(NUM_CLASSES):
         idx = np.flatnonzero(labels == k)
-        mask[idx] = _shape_masks(k, u[idx], v[idx], col(r, idx), col(t, idx),
-                                 col(period, idx), col(phase, idx))
+        mask[idx] = _shape_masks(k, u[idx], v[idx], _col(r, idx), _col(t, idx),
+                                 _col(period, idx), _col(phase, idx))
 
     img = bg[:, None, None, :] + _smooth_field(rng, n, tex_amp)
     img += mask[..., None] * (fg - bg)[:, None, None, :]
@@ -126,12 +132,11 @@ def _draw_images(rng, labels):
         br = rng.uniform(1.0, 2.5, n).astype(f32)
         colour = rng.uniform(0, 1, (n, 3)).astype(f32)
         idx = np.flatnonzero(n_clutter > j)
-        blob = _soft(np.hypot(_XX - col(bx, idx), _YY - col(by, idx)) - col(br, idx))
+        blob = _soft(np.hypot(_XX - _col(bx, idx), _YY - _col(by, idx)) - _col(br, idx))
         img[idx] += blob[..., None] * (colour[idx, None, None, :] - img[idx])
 
     img += rng.standard_normal(img.shape, dtype=f32) * sigma[:, None, None, None]
     images = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-
     return images, hard.astype(np.float64)
 
 
@@ -180,8 +185,9 @@ def make_synthetic(seed: int = 0, n_train: int = 4000, n_test: int = 1000) -> di
     "noisy_labels": {LABEL_KEYS[name]: int64 (n_train,) for every label set}}.
     """
     # Independent child streams: changing one part never shifts the others.
-    streams = dict(zip(["train", "test", "structure", *NOISE_RATES],
-                       np.random.default_rng(seed).spawn(3 + len(NOISE_RATES))))
+    names = ["train", "test", "structure", *NOISE_RATES]
+    streams = {name: np.random.default_rng(child)
+               for name, child in zip(names, np.random.SeedSequence(seed).spawn(len(names)))}
     train_labels = _balanced_labels(streams["train"], n_train)
     train_images, difficulty = _draw_images(streams["train"], train_labels)
     test_labels = _balanced_labels(streams["test"], n_test)

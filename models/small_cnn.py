@@ -1,4 +1,4 @@
-"""A small CNN (about 0.3 M parameters) for the synthetic dataset and quick CPU runs."""
+"""A small CNN (about 0.1 M parameters) for the synthetic dataset and quick CPU runs."""
 import torch.nn as nn
 
 
@@ -10,10 +10,10 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn(3, 32), nn.MaxPool2d(2),     # 16x16
-            conv_bn(32, 64), nn.MaxPool2d(2),    # 8x8
-            conv_bn(64, 128), nn.MaxPool2d(2),   # 4x4
-            conv_bn(128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            conv_bn(3, 16), nn.MaxPool2d(2),    # 16x16
+            conv_bn(16, 32), nn.MaxPool2d(2),   # 8x8
+            conv_bn(32, 64), nn.MaxPool2d(2),   # 4x4
+            conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.linear = nn.Linear(128, num_classes)
 
     def forward(self, x):

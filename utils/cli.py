@@ -33,7 +33,9 @@ def get_args_parser(description):
                    help="network of teacher and student. Default: preresnet18, or small_cnn for synthetic")
     g.add_argument("--n_epoch", type=int, default=300, help="number of epochs")
     g.add_argument("--batch_size", type=int, default=128, help="training batch size")
-    g.add_argument("--lr", type=float, default=0.02, help="SGD learning rate, x0.1 every 150 epochs")
+    g.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
+    g.add_argument("--lr_decay_every", type=int, default=150,
+                   help="multiply the learning rate by 0.1 every N epochs (the reference: 150 of 300)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay over both networks")
     for i, a in enumerate((0.30, 0.45, 0.55, 0.70), start=1):
@@ -46,7 +48,8 @@ def get_args_parser(description):
     g.add_argument("--clean_test_freq", type=int, default=10,
                    help="every N epochs (and at the last), clean test accuracy (printed only, never used)")
     g.add_argument("--print_freq", type=int, default=100, help="print the losses every N iterations")
-    g.add_argument("--eval_batch_size", type=int, default=1024, help="batch size of evaluation and full-set passes")
+    g.add_argument("--eval_batch_size", type=int, default=None,
+                   help="batch size of evaluation and full-set passes. Default: 1024 on CUDA, 256 on CPU (cache-sized)")
     g.add_argument("--results_dir", default="results",
                    help="root of the run directories <dataset>_<noise_type>_seed_<seed>/")
     g = p.add_argument_group("hardware")
@@ -70,7 +73,9 @@ def check_args(parser, args):
     args.data_dir = os.path.expanduser(args.data_dir)
     if not 0 <= args.val_ratio < 1:
         parser.error(f"argument --val_ratio: must be in [0, 1), got {args.val_ratio}")
-    for name in ("n_epoch", "batch_size", "eval_batch_size", "print_freq", "noisy_val_freq", "clean_test_freq"):
+    if args.eval_batch_size is None:
+        args.eval_batch_size = 256 if args.device == "cpu" or (args.device == "auto" and not cuda_available()) else 1024
+    for name in ("n_epoch", "lr_decay_every", "batch_size", "eval_batch_size", "print_freq", "noisy_val_freq", "clean_test_freq"):
         if getattr(args, name) < 1:
             parser.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.seed < 2 ** 32:
@@ -81,6 +86,11 @@ def check_args(parser, args):
         if not 0 <= getattr(args, f"alpha{i}") <= 1:
             parser.error(f"argument --alpha{i}: must be in [0, 1], got {getattr(args, f'alpha{i}')}")
     return args
+
+
+def cuda_available():
+    import torch
+    return torch.cuda.is_available()
 
 
 def run_dir(args):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from utils import InputError
-from utils.bkd import agreement
+from utils.bkd import agreement, compensation_loss, robust_targets, soft_cross_entropy
 
 
 def get_device(name):
@@ -32,6 +32,28 @@ def autocast(device, precision):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def make_optimizer(networks, args, device):
+    """One SGD over the parameters of both networks, fused on CUDA (one kernel for all), foreach on CPU."""
+    params = [p for net in networks for p in net.parameters()]
+    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, **kernel)
+
+
+def train_step(teacher, student, optimizer, x, y, alphas, precision):
+    """One BKD step on a batch. Returns the loss, its two parts and both networks' logits, all detached fp32
+    device tensors (nothing here waits for the device)."""
+    with autocast(x.device, precision):
+        t, s = teacher(x), student(x)
+    t, s = t.float(), s.float()
+    loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label's class
+    loss_ce = soft_cross_entropy(t, robust_targets(y, s, alphas))  # the teacher learns the (softened) label
+    loss = loss_ce + loss_c
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), loss_ce.detach(), loss_c.detach(), t.detach(), s.detach()
 
 
 @torch.inference_mode()

@@ -1,0 +1,181 @@
+"""End to end: the three scripts run as a user types them (subprocess), their outputs, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model
+from tests.conftest import ROOT, write_pickle
+
+SYNTHETIC_EPOCHS = 24  # with the demo's schedule of run.sh
+N_SYNTHETIC = 4000
+
+
+def run(script, *args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "error" in line]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """One BKD run on the synthetic worst labels, then learning.py and detection.py on it."""
+    results = tmp_path_factory.mktemp("results")
+    flags = ["--dataset", "synthetic", "--noise_type", "worst", "--seed", "0", "--results_dir", results]
+    train = run("blind_knowledge_dist_training.py", *flags, "--n_epoch", SYNTHETIC_EPOCHS, "--lr", 0.1,
+                "--lr_decay_every", 5, "--print_freq", 10, "--noisy_val_freq", 3, "--clean_test_freq", 3)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    return dict(dir=results / "synthetic_worst_seed_0", flags=flags, train=train,
+                learning=run("learning.py", *flags), learning_best=run("learning.py", *flags, "--checkpoint", "best"),
+                detection=run("detection.py", *flags))
+
+
+def test_training_writes_every_output(synthetic_run):
+    d = synthetic_run["dir"]
+    assert sorted(os.listdir(d)) == ["best_student.pth.tar", "best_teacher.pth.tar", "detection.npy",
+                                     "detection_scores.npy", "metrics.json", "student.pth.tar", "teacher.pth.tar"]
+    flagged = np.load(d / "detection.npy", allow_pickle=False)
+    assert flagged.dtype == np.bool_ and flagged.shape == (N_SYNTHETIC,)
+    scores = np.load(d / "detection_scores.npy", allow_pickle=False)
+    assert scores.dtype == np.float32 and scores.shape == (N_SYNTHETIC,) and 0 <= scores.min() <= scores.max() <= 1
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["finished"] and m["args"]["n_epoch"] == SYNTHETIC_EPOCHS
+    assert len(m["confidence"]) == SYNTHETIC_EPOCHS
+    assert m["tipping_epoch"] is not None and 2 <= m["tipping_epoch"] <= SYNTHETIC_EPOCHS - 3
+    assert set(m["train_split"]) == {"upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold"}
+    assert sum(m["group_sizes"].values()) == N_SYNTHETIC * 0.9
+    assert m["detection"]["flagged"] == flagged.sum()
+    # detection.npy is G4 of the Otsu split of the saved scores
+    assert np.array_equal(flagged, scores < m["detection_split"]["lower_mean"])
+    assert [e["epoch"] for e in m["val"]] == list(range(0, SYNTHETIC_EPOCHS, 3)) + [SYNTHETIC_EPOCHS - 1]
+    assert m["final_test_accuracy"] == m["test"][-1]["accuracy"] and m["wall_time_s"] > 0
+    assert m["best_val_accuracy"] == max(e["accuracy"] for e in m["val"])
+
+
+def test_training_log_has_the_reference_lines(synthetic_run):
+    out = synthetic_run["train"].stdout
+    m = json.loads((synthetic_run["dir"] / "metrics.json").read_text())
+    assert f"overfitting epoch: {m['tipping_epoch']}" in out
+    assert "upper_mean" in out and "lower_sigma" in out and "threshold" in out
+    assert "noisy validation accuracy:" in out and "clean test accuracy:" in out
+    assert "naive_loss:" in out and "compensation_l2_loss:" in out
+    assert "\r" not in out and "it/s" not in out  # progress bars never reach the redirected log
+
+
+def test_bkd_detects_noisy_labels(synthetic_run):
+    m = json.loads((synthetic_run["dir"] / "metrics.json").read_text())
+    # flagging every label scores F1 = 2 * 0.402 / 1.402 = 0.57 at this noise rate
+    assert m["detection"]["f1"] > 0.65, m["detection"]
+    assert m["detection"]["precision"] > 0.6
+
+
+def test_detection_script_reports_precision_recall_f1(synthetic_run):
+    result = synthetic_run["detection"]
+    assert result.returncode == 0, result.stderr
+    m = json.loads((synthetic_run["dir"] / "metrics.json").read_text())["detection"]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"flagged as noisy: {m['flagged']} of {N_SYNTHETIC}"
+    assert lines[1] == f"truly noisy: {m['truly_noisy']}"
+    assert lines[2] == f"precision is {m['precision']}" and lines[3] == f"recall is {m['recall']}"
+    assert lines[4] == f"The f-score is {m['f1']}"
+
+
+def test_learning_script_reports_which_networks(synthetic_run):
+    m = json.loads((synthetic_run["dir"] / "metrics.json").read_text())
+    final, best = synthetic_run["learning"], synthetic_run["learning_best"]
+    assert final.returncode == 0 and best.returncode == 0, final.stderr + best.stderr
+    assert f"final networks" in final.stdout and f"teacher epoch {SYNTHETIC_EPOCHS - 1}" in final.stdout
+    assert float(final.stdout.split("test accuracy: ")[1].split(" %")[0]) == pytest.approx(
+        m["final_test_accuracy"], abs=0.01)
+    assert "best-by-validation networks" in best.stdout and f"teacher epoch {m['best_epoch']}" in best.stdout
+    assert float(final.stdout.split("test accuracy: ")[1].split(" %")[0]) > 50  # 10 classes: chance is 10 %
+
+
+@pytest.fixture
+def fake_cifar_run(fake_cifar, tmp_path):
+    """The CIFAR-10 code path with the default PreResNet18 on 100 fake images in the real file format."""
+    clean = fake_cifar["labels10"]
+    noisy = np.where(np.arange(100) % 3 == 0, (clean + 1) % 10, clean)
+    labels = tmp_path / "CIFAR-10_human.pt"
+    write_pickle(labels, {"clean_label": clean, "worse_label": noisy, "aggre_label": clean})
+    flags = ["--dataset", "cifar10", "--data_dir", fake_cifar["dir"], "--noise_path", labels,
+             "--results_dir", tmp_path / "results", "--seed", "3"]
+    return dict(flags=flags, dir=tmp_path / "results" / "cifar10_worst_seed_3")
+
+
+def test_cifar_run_checkpoints_load_into_a_fresh_preresnet18(fake_cifar_run):
+    train = run("blind_knowledge_dist_training.py", *fake_cifar_run["flags"], "--n_epoch", 1, "--batch_size", 32)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert "no tipping epoch found in 1 epochs" in train.stdout
+    for name in ("teacher", "student", "best_teacher", "best_student"):
+        checkpoint = torch.load(fake_cifar_run["dir"] / f"{name}.pth.tar", weights_only=True)
+        assert set(checkpoint) >= {"state_dict", "epoch"} and checkpoint["epoch"] == 0
+        model = build_model("preresnet18", 10)
+        assert list(checkpoint["state_dict"]) == list(model.state_dict())
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert not (fake_cifar_run["dir"] / "detection.npy").exists()
+    detection = run("detection.py", *fake_cifar_run["flags"])
+    assert_clean_error(detection, str(fake_cifar_run["dir"]), "blind_knowledge_dist_training.py")
+    learning = run("learning.py", *fake_cifar_run["flags"])
+    assert learning.returncode == 0 and "test accuracy:" in learning.stdout, learning.stderr
+
+
+def test_reference_style_checkpoint_with_module_prefix_loads(fake_cifar_run):
+    os.makedirs(fake_cifar_run["dir"])
+    for role in ("teacher", "student"):
+        state = {f"module.{k}": v for k, v in build_model("preresnet18", 10).state_dict().items()}
+        torch.save({"state_dict": state, "epoch": 299}, fake_cifar_run["dir"] / f"{role}.pth.tar")
+    learning = run("learning.py", *fake_cifar_run["flags"])
+    assert learning.returncode == 0, learning.stderr
+    assert "teacher epoch 299" in learning.stdout
+
+
+@pytest.mark.parametrize("script, args, fragments", [
+    ("blind_knowledge_dist_training.py", ["--dataset", "mnist"], ["invalid choice", "'cifar10', 'cifar100', 'synthetic'"]),
+    ("blind_knowledge_dist_training.py", ["--arch", "vgg"], ["invalid choice", "preresnet18"]),
+    ("blind_knowledge_dist_training.py", ["--noise_type", "worse"], ["invalid choice", "worst"]),
+    ("blind_knowledge_dist_training.py", ["--noise_type", "noisy100"], ["--dataset cifar10", "aggre, clean, rand1"]),
+    ("learning.py", ["--dataset", "cifar100", "--noise_type", "worst"], ["clean100, noisy100"]),
+    ("detection.py", ["--val_ratio", "1.5"], ["--val_ratio"]),
+    ("blind_knowledge_dist_training.py", ["--batch_size", "0"], ["--batch_size"]),
+])
+def test_bad_flags(script, args, fragments):
+    assert_clean_error(run(script, *args), *fragments)
+
+
+def test_missing_checkpoints_and_detection(tmp_path):
+    flags = ["--dataset", "synthetic", "--results_dir", tmp_path]
+    missing = str(tmp_path / "synthetic_worst_seed_0")
+    assert_clean_error(run("learning.py", *flags), f"{missing}/teacher.pth.tar", "blind_knowledge_dist_training.py")
+    assert_clean_error(run("detection.py", *flags), f"{missing}/detection.npy", "blind_knowledge_dist_training.py")
+
+
+@pytest.mark.parametrize("array, fragment", [
+    (np.zeros(N_SYNTHETIC - 1, dtype=bool), f"shape ({N_SYNTHETIC},)"),
+    (np.zeros(N_SYNTHETIC, dtype=np.float32), "boolean array"),
+])
+def test_detection_file_of_the_wrong_kind(tmp_path, array, fragment):
+    run_dir = tmp_path / "synthetic_worst_seed_0"
+    run_dir.mkdir()
+    np.save(run_dir / "detection.npy", array)
+    assert_clean_error(run("detection.py", "--dataset", "synthetic", "--results_dir", tmp_path), fragment)
+
+
+def test_corrupt_checkpoint(tmp_path):
+    run_dir = tmp_path / "synthetic_worst_seed_0"
+    run_dir.mkdir()
+    (run_dir / "teacher.pth.tar").write_bytes(b"garbage")
+    assert_clean_error(run("learning.py", "--dataset", "synthetic", "--results_dir", tmp_path), "cannot load")
