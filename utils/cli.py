@@ -12,8 +12,14 @@ DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic"
 ALL_NOISE_TYPES = sorted({n for types in NOISE_TYPES.values() for n in types})
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where the help text already explains a dataset- or device-dependent one."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def get_args_parser(description):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="cifar10 / cifar100 with CIFAR-N labels, or synthetic (built in, offline, for demos and tests)")
