@@ -4,10 +4,12 @@ The student learns the teacher's logits with the label's own class masked out, s
 given label. When the student's confidence peaks (the tipping point between generalising and memorising),
 the teacher-student agreement on each label is split with a modified Otsu threshold: the training samples
 get per-group soft targets from then on, and the lowest group of the whole training set is written to
-detection.npy as the labels believed wrong. See ../shared/BKD_SPEC.md and README.md.
+detection.npy as the labels believed wrong. See README.md.
 """
 import os
+import signal
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -17,8 +19,10 @@ from tqdm import tqdm
 from data import load_dataset, split_indices
 from data.pipeline import DeviceBatches, to_device_images
 from models import build_model
+from utils import RunError
 from utils.bkd import DegenerateSplit, agreement, assign_groups, find_tipping_epoch, otsu_split, precision_recall_f1
-from utils.checkpoint import save_checkpoint, save_json, save_npy
+from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
+                              save_json, save_npy, save_state)
 from utils.cli import get_args_parser, run_dir, run_main
 from utils.engine import accuracy, agreement_pass, get_device, make_optimizer, seed_everything, train_step
 
@@ -36,18 +40,27 @@ def log_split(name, split):
 def main(args):
     # ------------------------------------------------------------------ setup
     t0 = time.time()
+    if args.deterministic:  # before CUDA starts: cuBLAS reads it once
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     device = get_device(args.device)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     seed_everything(args.seed)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.backends.cudnn.benchmark = not args.deterministic  # autotuned kernels may differ between runs
+        torch.backends.cudnn.deterministic = args.deterministic
         torch.set_float32_matmul_precision("high")  # TF32 in fp32 mode
     out_dir = run_dir(args)
+    state = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked; the state to resume from
     log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     log(f"device {device}, precision {precision}, results in {out_dir}")
 
     data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)
-    os.makedirs(out_dir, exist_ok=True)
+    try:  # fail now, not after hours of training, when the results cannot be written
+        os.makedirs(out_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise RunError(f"cannot write into {out_dir}: {e.strerror or e}") from None
     train_idx, val_idx = split_indices(len(data.noisy_labels), args.val_ratio, args.seed)
     pad_mode, flip_first = data.augment
     images = to_device_images(data.train_images, pad_mode, device)
@@ -87,26 +100,68 @@ def main(args):
     metrics = dict(args=vars(args), device=str(device), precision=precision, confidence=[], tipping_epoch=None,
                    train_split=None, detection_split=None, group_sizes=None, detection=None, val=[], test=[],
                    best_val_accuracy=None, best_epoch=None, final_test_accuracy=None, warnings=[], finished=False)
-    best_val = -1.0
+    start_epoch, resume_epoch = 0, None
+    if state is not None:
+        teacher.load_state_dict(state["teacher"])
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        train_agree.copy_(state["train_agree"])
+        full_agree.copy_(state["full_agree"])
+        groups.copy_(state["groups"])
+        restore_rng_states(state["rng"], generator)
+        metrics = state["metrics"]
+        metrics["args"] = vars(args)
+        start_epoch = state["epoch"] + 1
+        resume_epoch = state.get("epoch_in_progress")  # set when stopped by a signal in the middle of an epoch
+        log(f"resuming from {out_dir}/{STATE_FILE}: epoch {start_epoch}"
+            + (f", iteration {resume_epoch['next_iter']}" if resume_epoch else ""))
+    best_val = metrics["best_val_accuracy"] if metrics["best_val_accuracy"] is not None else -1.0
+
+    def training_state(epoch_done, epoch_in_progress=None):
+        return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
+                    student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    train_agree=train_agree, full_agree=full_agree, groups=groups, rng=rng_states(generator),
+                    metrics=metrics)
+
+    stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
 
     # ------------------------------------------------------------------ training
     n_iter = len(train_batches)
-    for epoch in range(args.n_epoch):
+    for epoch in range(start_epoch, args.n_epoch):
         t_epoch = time.time()
         run_teacher.train()
         run_student.train()
-        confidence_sum = torch.zeros((), device=device)
         slot = epoch % 4
-        for it, (x, y, pos) in enumerate(tqdm(train_batches, desc=f"epoch {epoch}", file=sys.stderr,
-                                              disable=None, leave=False)):
+        if resume_epoch is not None:
+            order, first_iter = resume_epoch["order"].to(device), resume_epoch["next_iter"]
+            confidence_sum, first_bad = resume_epoch["confidence_sum"].to(device), torch.tensor(-1, device=device)
+            resume_epoch = None
+        else:
+            order, first_iter = train_batches.epoch_order(), 0
+            confidence_sum, first_bad = torch.zeros((), device=device), torch.tensor(-1, device=device)
+        batches = tqdm(train_batches.iterate(order, first_iter), desc=f"epoch {epoch}", total=n_iter,
+                       initial=first_iter, file=sys.stderr, disable=None, leave=False)
+        for it, (x, y, pos) in enumerate(batches, start=first_iter):
             # alpha of the sample's group: 0 (one-hot label) before the split, alpha1..alpha4 after it
             loss, loss_ce, loss_c, t, s = train_step(run_teacher, run_student, optimizer, x, y,
                                                      alpha_of_group[groups[pos]], precision)
             train_agree[slot, pos] = agreement(t, s).gather(1, y[:, None]).squeeze(1)
             confidence_sum += torch.softmax(s, dim=1).max(dim=1).values.sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)  # no host sync
             if (it + 1) % args.print_freq == 0 or it + 1 == n_iter:
+                check_finite(first_bad, epoch, out_dir)
                 log(f"Epoch [{epoch}/{args.n_epoch}] Iter [{it + 1}/{n_iter}] loss: {loss.item():.4f} "
                     f"naive_loss: {loss_ce.item():.4f} compensation_l2_loss: {loss_c.item():.4f}")
+            if stop_signal and it + 1 < n_iter:
+                check_finite(first_bad, epoch, out_dir)
+                save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch - 1, dict(
+                    order=order, next_iter=it + 1, confidence_sum=confidence_sum)))
+                raise RunError(f"interrupted at epoch {epoch}, iteration {it + 1}; the state is saved in {out_dir}: "
+                               f"continue with the same command and --resume", exit_code=128 + stop_signal[0])
+        check_finite(first_bad, epoch, out_dir)
         scheduler.step()
         confidence = confidence_sum.item() / n_train
         metrics["confidence"].append(confidence)
@@ -163,14 +218,20 @@ def main(args):
             test_acc = accuracy(run_teacher, run_student, test_batches, precision)
             metrics["test"].append(dict(epoch=epoch, accuracy=test_acc))
             log(f"clean test accuracy: {test_acc:.2f} % (epoch {epoch})")
+        save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch))  # a crash from here on loses nothing
+        save_json(f"{out_dir}/metrics.json", metrics)
+        if stop_signal and not last:
+            raise RunError(f"interrupted after epoch {epoch}; the state is saved in {out_dir}: continue with the "
+                           f"same command and --resume", exit_code=128 + stop_signal[0])
 
     # ------------------------------------------------------------------ report
     save_checkpoint(f"{out_dir}/teacher.pth.tar", teacher, args.n_epoch - 1, args.arch)
     save_checkpoint(f"{out_dir}/student.pth.tar", student, args.n_epoch - 1, args.arch)
     metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"]
-    metrics["wall_time_s"] = time.time() - t0
+    metrics["wall_time_s"] = metrics.get("wall_time_s", 0.0) + time.time() - t0  # summed over resumed parts
     metrics["finished"] = True
     save_json(f"{out_dir}/metrics.json", metrics)
+    os.remove(f"{out_dir}/{STATE_FILE}")  # the finished run needs no state; metrics.json says it is finished
     log(f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1}); "
         f"best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
     if metrics["tipping_epoch"] is None:
@@ -182,7 +243,15 @@ def main(args):
             f"recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
-    log(f"done in {metrics['wall_time_s']:.0f} s; outputs in {out_dir}")
+    log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
+
+
+def check_finite(first_bad, epoch, out_dir):
+    """Stop on a non-finite loss (one host sync, done only where the loop syncs anyway)."""
+    bad = int(first_bad)
+    if bad >= 0:
+        raise RunError(f"non-finite loss at epoch {epoch}, iteration {bad + 1}; the state saved after the previous "
+                       f"epoch in {out_dir} is intact (lower --lr, or try --precision fp32, then --resume)")
 
 
 if __name__ == "__main__":

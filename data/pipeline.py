@@ -64,9 +64,15 @@ class DeviceBatches:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels[full], positions
 
-    def __iter__(self):
+    def epoch_order(self):
+        """The order of one epoch: a fresh permutation of the split's positions when shuffling."""
         n, device = len(self.indices), self.indices.device
-        order = (torch.randperm(n, generator=self.generator, device=device) if self.shuffle
-                 else torch.arange(n, device=device))
-        for start in range(0, n, self.batch_size):
+        return torch.randperm(n, generator=self.generator, device=device) if self.shuffle else torch.arange(n, device=device)
+
+    def iterate(self, order, first_batch=0):
+        """Batches of `order` from batch number first_batch on (a resumed epoch starts in the middle)."""
+        for start in range(first_batch * self.batch_size, len(order), self.batch_size):
             yield self.batch(order[start:start + self.batch_size])
+
+    def __iter__(self):
+        return self.iterate(self.epoch_order())

@@ -1,4 +1,5 @@
 """Saving and loading: one dict per network, written atomically, read without arbitrary unpickling."""
+import glob
 import json
 import os
 import tempfile
@@ -7,7 +8,7 @@ import numpy as np
 import torch
 
 from models import build_model
-from utils import InputError
+from utils import InputError, RunError
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
@@ -16,17 +17,19 @@ def atomic_write(path, write):
     """Call write(file object) on a temporary file next to path, then rename it into place: readers see the
     old file or the new one, never a truncated one."""
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as e:  # disk full, permissions, a folder that vanished: the previous file stays as it was
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
 def save_json(path, obj):
@@ -70,3 +73,89 @@ def load_network(path, arch, num_classes):
         lines = str(e).strip().splitlines()
         raise InputError(f"cannot load {path}: {lines[0] if lines else type(e).__name__}") from None
     return model, checkpoint
+
+
+# ---------------------------------------------------------------------------- training state (--resume)
+STATE_FILE = "state.pth.tar"
+OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar",
+                "detection.npy", "detection_scores.npy", "metrics.json", STATE_FILE)
+# flags a resumed run must share with the run it continues (the others only change logging or speed)
+RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
+                     "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",
+                     "clean_test_freq", "precision", "deterministic")
+
+
+def rng_states(generator):
+    """Every random generator the training uses, as plain lists and tensors (loadable with weights_only)."""
+    import random
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(), "pipeline": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_states(states, generator):
+    import random
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    generator.set_state(states["pipeline"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_state(path, state):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_state(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise InputError(f"cannot resume from {path}: {lines[0] if lines else type(e).__name__}; "
+                         f"start over with --overwrite") from None
+
+
+def prepare_run_dir(out_dir, args):
+    """Check the run directory against --resume / --overwrite; returns the state to resume from, or None.
+    Never deletes anything unless --overwrite asks for it."""
+    state_path = os.path.join(out_dir, STATE_FILE)
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    for name in OUTPUT_FILES:  # temporary files of a write that a SIGKILL cut short (the real files are intact)
+        for stale in glob.glob(os.path.join(glob.escape(out_dir), f".{name}.*.tmp")):
+            os.remove(stale)
+    finished = False
+    if os.path.isfile(metrics_path):
+        try:
+            with open(metrics_path) as f:
+                finished = bool(json.load(f).get("finished"))
+        except (OSError, ValueError):
+            finished = False
+    if args.overwrite:
+        for name in OUTPUT_FILES:
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+        return None
+    if args.resume:
+        if finished:
+            raise InputError(f"{out_dir} holds a finished run: nothing to resume (use --overwrite to train it again)")
+        if not os.path.isfile(state_path):
+            return None  # killed before its first epoch ended (or never started): start from scratch
+        state = load_state(state_path)
+        saved = state["metrics"]["args"]
+        changed = [f"--{k} {saved.get(k)} -> {getattr(args, k)}" for k in RESUME_MUST_MATCH
+                   if saved.get(k) != getattr(args, k)]
+        if changed:
+            raise InputError(f"--resume with other settings than the saved run ({'; '.join(changed)}); "
+                             f"use the same flags, or --overwrite to start over")
+        if args.n_epoch <= state["epoch"]:
+            raise InputError(f"--n_epoch {args.n_epoch}: the saved run has already done {state['epoch'] + 1} epochs")
+        return state
+    if finished:
+        raise InputError(f"{out_dir} already holds a finished run; pass --overwrite to replace it, "
+                         f"or choose another --seed or --results_dir")
+    if os.path.isfile(state_path):
+        raise InputError(f"{out_dir} holds an unfinished run; pass --resume to continue it, or --overwrite to start over")
+    return None

@@ -6,7 +6,7 @@ import sys
 
 from data import DATASETS, DEFAULT_NOISE_TYPE, NOISE_TYPES
 from models import ARCHS
-from utils import InputError
+from utils import InputError, RunError
 
 DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic": "small_cnn"}
 ALL_NOISE_TYPES = sorted({n for types in NOISE_TYPES.values() for n in types})
@@ -64,6 +64,14 @@ def get_args_parser(description):
                    help="autocast precision of the networks; losses and statistics are always fp32. "
                         "auto = bf16 on CUDA, fp32 on CPU; fp32 reproduces the reference's numerics")
     g.add_argument("--compile", action="store_true", help="torch.compile both networks (slow start, faster epochs)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="repeatable CUDA runs: deterministic cuDNN/cuBLAS kernels, no autotuning (slower); "
+                        "CPU runs are repeatable without it")
+    g = p.add_argument_group("interrupted and repeated runs")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in the run directory from its last saved state")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete the outputs of an earlier run in the run directory and start over")
     return p
 
 
@@ -76,6 +84,8 @@ def check_args(parser, args):
         parser.error(f"argument --noise_type: invalid choice for --dataset {args.dataset}: "
                      f"'{args.noise_type}' (choose from {', '.join(valid)})")
     args.arch = args.arch or DEFAULT_ARCH[args.dataset]
+    if args.resume and args.overwrite:
+        parser.error("arguments --resume and --overwrite: choose one")
     args.data_dir = os.path.expanduser(args.data_dir)
     if not 0 <= args.val_ratio < 1:
         parser.error(f"argument --val_ratio: must be in [0, 1), got {args.val_ratio}")
@@ -111,3 +121,6 @@ def run_main(main, parser):
     except InputError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

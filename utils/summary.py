@@ -1,0 +1,129 @@
+"""Seed summaries: mean and 95 % confidence interval of test accuracy and detection precision/recall/F1 over the
+seeds of each (dataset, noise type), read from the runs' metrics.json. No torch here, so summarize.py is instant."""
+import csv
+import glob
+import io
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+from scipy import stats
+
+DETECTION_KEYS = ("precision", "recall", "f1")
+CSV_COLUMNS = ["dataset", "noise_type", "n_seeds", "seeds", "test_accuracy_mean", "test_accuracy_ci95",
+               "n_detection"] + [f"{k}_{s}" for k in DETECTION_KEYS for s in ("mean", "ci95")]
+
+
+class SummaryError(ValueError):
+    """A metrics.json that cannot be summarised; the message is one line and names the file."""
+
+
+def mean_ci95(values):
+    """(mean, half-width of the 95 % confidence interval of the mean). With few seeds the normal 1.96 is far too
+    narrow, hence Student's t with n - 1 degrees of freedom. One value: no spread to estimate, half-width nan."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), math.nan
+    return float(x.mean()), float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+
+
+def _read_run(path):
+    """The fields of one metrics.json the summary needs; anything unexpected is a SummaryError naming the file."""
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SummaryError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from None
+    try:
+        args, finished = m["args"], bool(m["finished"])
+        run = dict(dataset=str(args["dataset"]), noise_type=str(args["noise_type"]), seed=int(args["seed"]),
+                   finished=finished, detection=m.get("detection"))
+        # An unfinished run has no final accuracy yet; only a finished one must have a number here.
+        run["test_accuracy"] = float(m["final_test_accuracy"]) if finished else None
+        if run["detection"] is not None:
+            run["detection"] = {k: float(run["detection"][k]) for k in DETECTION_KEYS}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SummaryError(f"{path}: not a BKD metrics.json (missing or malformed field: "
+                           f"{type(e).__name__}: {e})") from None
+    return run
+
+
+def collect(results_dir, notes=None):
+    """One row per (dataset, noise type) over the finished runs in results_dir/*/metrics.json, sorted.
+    Unfinished runs are skipped; a line saying so is appended to `notes` (a list) when given."""
+    groups = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(results_dir), "*", "metrics.json"))):
+        run = _read_run(path)
+        if not run["finished"]:
+            if notes is not None:
+                notes.append(f"skipped {os.path.dirname(path)}: the run has not finished")
+            continue
+        groups.setdefault((run["dataset"], run["noise_type"]), []).append(run)
+    rows = []
+    for (dataset, noise_type), runs in sorted(groups.items()):
+        row = dict(dataset=dataset, noise_type=noise_type, n_seeds=len(runs), seeds=sorted(r["seed"] for r in runs))
+        row["test_accuracy_mean"], row["test_accuracy_ci95"] = mean_ci95([r["test_accuracy"] for r in runs])
+        # Runs without a tipping epoch have no detection; their P/R/F1 are averaged over the others only.
+        detected = [r["detection"] for r in runs if r["detection"] is not None]
+        row["n_detection"] = len(detected)
+        for k in DETECTION_KEYS:
+            row[f"{k}_mean"], row[f"{k}_ci95"] = mean_ci95([d[k] for d in detected])
+        rows.append(row)
+    return rows
+
+
+def _csv_value(v):
+    if isinstance(v, list):
+        return " ".join(map(str, v))  # seeds: spaces, so the field needs no quoting
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4f}"  # empty = no value, what CSV readers take as missing
+    return str(v)
+
+
+def _pm(mean, half, decimals):
+    """'mean ± half-width'; the ± part is left out where there is no interval (one seed), '–' where no value."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{decimals}f}" if math.isnan(half) else f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+
+
+def to_markdown(rows):
+    lines = ["| dataset | noise type | seeds | test accuracy (%) | runs with detection | precision | recall | F1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [r["dataset"], r["noise_type"], ", ".join(map(str, r["seeds"])),
+                 _pm(r["test_accuracy_mean"], r["test_accuracy_ci95"], 2), str(r["n_detection"])]
+        cells += [_pm(r[f"{k}_mean"], r[f"{k}_ci95"], 4) for k in DETECTION_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    caption = "Mean ± half-width of the 95 % confidence interval over seeds (Student's t); no ± with one seed."
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _write_atomic(path, text):
+    """Write to a temporary file next to `path`, then rename over it: a reader (or a crash) never sees half a
+    file, and concurrent writers leave one complete version."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a summary is for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_summary(rows, results_dir):
+    """Write results_dir/summary.csv and results_dir/summary.md; return the markdown."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows([_csv_value(r[c]) for c in CSV_COLUMNS] for r in rows)
+    _write_atomic(os.path.join(results_dir, "summary.csv"), buf.getvalue())
+    markdown = to_markdown(rows)
+    _write_atomic(os.path.join(results_dir, "summary.md"), markdown)
+    return markdown
