@@ -14,23 +14,29 @@ import time
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from data import load_dataset, split_indices
 from data.pipeline import DeviceBatches, to_device_images
 from models import build_model
-from utils import RunError
+from utils import InputError, RunError
 from utils.bkd import DegenerateSplit, agreement, assign_groups, find_tipping_epoch, otsu_split, precision_recall_f1
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
                               save_json, save_npy, save_state)
 from utils.cli import get_args_parser, run_dir, run_main
-from utils.engine import accuracy, agreement_pass, get_device, make_optimizer, seed_everything, train_step
+from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
+from utils.engine import accuracy, agreement_pass, make_optimizer, seed_everything, train_step
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
 
 
+MAIN_PROCESS = True  # under torchrun only rank 0 logs and writes files
+
+
 def log(*args):
-    print(*args, flush=True)
+    if MAIN_PROCESS:
+        print(*args, flush=True)
 
 
 def log_split(name, split):
@@ -39,11 +45,15 @@ def log_split(name, split):
 
 def main(args):
     # ------------------------------------------------------------------ setup
+    global MAIN_PROCESS
     t0 = time.time()
     if args.deterministic:  # before CUDA starts: cuBLAS reads it once
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    device = get_device(args.device)
+    rank, world, device = init_distributed(args.device)
+    MAIN_PROCESS = rank == 0
+    if args.sync_bn and (world == 1 or device.type != "cuda"):
+        raise InputError("--sync_bn needs torchrun with more than one process on CUDA devices")
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     seed_everything(args.seed)
     if device.type == "cuda":
@@ -53,7 +63,8 @@ def main(args):
     out_dir = run_dir(args)
     state = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked; the state to resume from
     log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-    log(f"device {device}, precision {precision}, results in {out_dir}")
+    log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision}, "
+        f"results in {out_dir}")
 
     data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)
     try:  # fail now, not after hours of training, when the results cannot be written
@@ -67,7 +78,8 @@ def main(args):
     labels = torch.as_tensor(data.noisy_labels, device=device)
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed)
-    common = dict(mean_std=data.mean_std, flip_first=flip_first, generator=generator, channels_last=True)
+    common = dict(mean_std=data.mean_std, flip_first=flip_first, generator=generator, channels_last=True,
+                  rank=rank, world_size=world)
     train_batches = DeviceBatches(images, labels, train_idx, batch_size=args.batch_size, augment=True,
                                   shuffle=True, **common)
     # Validation uses the test transform; with --val_ratio 0 the training split (augmented) stands in, as in the reference.
@@ -87,7 +99,13 @@ def main(args):
     teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
     optimizer = make_optimizer((teacher, student), args, device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_decay_every, gamma=0.1)
-    run_teacher, run_student = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
+    if args.sync_bn:
+        teacher, student = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (teacher, student))
+    eval_teacher, eval_student = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
+    run_teacher, run_student = eval_teacher, eval_student
+    if world > 1:  # gradients averaged over ranks; each rank's loss is the mean over its share of the global batch
+        ids = [device.index] if device.type == "cuda" else None
+        run_teacher, run_student = (DistributedDataParallel(m, device_ids=ids) for m in (eval_teacher, eval_student))
 
     # Per-sample statistics, flat device tensors indexed by position: the agreement on the label recorded during
     # the last 4 epochs (the tipping epoch is at most 3 epochs old when found) and the matching full-set passes.
@@ -142,8 +160,9 @@ def main(args):
         else:
             order, first_iter = train_batches.epoch_order(), 0
             confidence_sum, first_bad = torch.zeros((), device=device), torch.tensor(-1, device=device)
+            train_agree[slot] = 0  # each rank fills its share; the sum over ranks completes the epoch's record
         batches = tqdm(train_batches.iterate(order, first_iter), desc=f"epoch {epoch}", total=n_iter,
-                       initial=first_iter, file=sys.stderr, disable=None, leave=False)
+                       initial=first_iter, file=sys.stderr, disable=None if MAIN_PROCESS else True, leave=False)
         for it, (x, y, pos) in enumerate(batches, start=first_iter):
             # alpha of the sample's group: 0 (one-hot label) before the split, alpha1..alpha4 after it
             loss, loss_ce, loss_c, t, s = train_step(run_teacher, run_student, optimizer, x, y,
@@ -155,7 +174,7 @@ def main(args):
                 check_finite(first_bad, epoch, out_dir)
                 log(f"Epoch [{epoch}/{args.n_epoch}] Iter [{it + 1}/{n_iter}] loss: {loss.item():.4f} "
                     f"naive_loss: {loss_ce.item():.4f} compensation_l2_loss: {loss_c.item():.4f}")
-            if stop_signal and it + 1 < n_iter:
+            if stop_signal and world == 1 and it + 1 < n_iter:  # under torchrun all ranks stop after the epoch
                 check_finite(first_bad, epoch, out_dir)
                 save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch - 1, dict(
                     order=order, next_iter=it + 1, confidence_sum=confidence_sum)))
@@ -163,13 +182,15 @@ def main(args):
                                f"continue with the same command and --resume", exit_code=128 + stop_signal[0])
         check_finite(first_bad, epoch, out_dir)
         scheduler.step()
-        confidence = confidence_sum.item() / n_train
+        all_reduce(train_agree[slot])
+        confidence = all_reduce(confidence_sum).item() / n_train
         metrics["confidence"].append(confidence)
         log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s")
 
         # ------------------------------------------------------------ tipping point, split, detection
+        sync_buffers(teacher, student)  # every rank evaluates rank 0's networks
         if metrics["tipping_epoch"] is None:
-            full_agree[slot] = agreement_pass(run_teacher, run_student, full_batches, precision)[0]
+            full_agree[slot] = agreement_pass(eval_teacher, eval_student, full_batches, precision)[0]
             tipping = find_tipping_epoch(metrics["confidence"])
             if tipping is not None:
                 metrics["tipping_epoch"] = tipping
@@ -181,6 +202,10 @@ def main(args):
                     metrics["train_split"] = dict(zip(SPLIT_NAMES, split))
                     metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
                     log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))
+                    if not same_on_all_ranks(torch.cat([groups, torch.tensor([tipping], device=device)])):
+                        raise RunError("ranks disagree on the tipping epoch or the groups; please report this")
+                    if world > 1:
+                        log(f"all {world} ranks agree on the tipping epoch and the groups")
                 except DegenerateSplit as e:
                     metrics["warnings"].append(f"training split impossible, plain one-hot training continues: {e}")
                     log(f"WARNING: {metrics['warnings'][-1]}")
@@ -194,8 +219,9 @@ def main(args):
                     metrics["warnings"].append(f"detection split impossible, nothing flagged: {e}")
                     log(f"WARNING: {metrics['warnings'][-1]}")
                     flagged = np.zeros(n_full, dtype=bool)
-                save_npy(f"{out_dir}/detection.npy", flagged)
-                save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
+                if MAIN_PROCESS:
+                    save_npy(f"{out_dir}/detection.npy", flagged)
+                    save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
                 p, r, f1 = precision_recall_f1(flagged, data.noise_or_not)
                 metrics["detection"] = dict(flagged=int(flagged.sum()), truly_noisy=int(data.noise_or_not.sum()),
                                             precision=p, recall=r, f1=f1)
@@ -205,33 +231,36 @@ def main(args):
         # ------------------------------------------------------------ evaluation
         last = epoch == args.n_epoch - 1
         if epoch % args.noisy_val_freq == 0 or last:
-            val_acc = accuracy(run_teacher, run_student, val_batches, precision)
+            val_acc = accuracy(eval_teacher, eval_student, val_batches, precision)
             metrics["val"].append(dict(epoch=epoch, accuracy=val_acc))
             log(f"noisy validation accuracy: {val_acc:.2f} % (epoch {epoch})")
             if val_acc > best_val:
                 best_val = val_acc
                 metrics["best_val_accuracy"], metrics["best_epoch"] = val_acc, epoch
-                save_checkpoint(f"{out_dir}/best_teacher.pth.tar", teacher, epoch, args.arch)
-                save_checkpoint(f"{out_dir}/best_student.pth.tar", student, epoch, args.arch)
+                if MAIN_PROCESS:
+                    save_checkpoint(f"{out_dir}/best_teacher.pth.tar", teacher, epoch, args.arch)
+                    save_checkpoint(f"{out_dir}/best_student.pth.tar", student, epoch, args.arch)
                 log(f"saved best networks (epoch {epoch})")
         if epoch % args.clean_test_freq == 0 or last:
-            test_acc = accuracy(run_teacher, run_student, test_batches, precision)
+            test_acc = accuracy(eval_teacher, eval_student, test_batches, precision)
             metrics["test"].append(dict(epoch=epoch, accuracy=test_acc))
             log(f"clean test accuracy: {test_acc:.2f} % (epoch {epoch})")
-        save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch))  # a crash from here on loses nothing
-        save_json(f"{out_dir}/metrics.json", metrics)
-        if stop_signal and not last:
+        if MAIN_PROCESS:
+            save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch))  # a crash from here on loses nothing
+            save_json(f"{out_dir}/metrics.json", metrics)
+        if all_reduce(torch.tensor(float(bool(stop_signal)), device=device), "max").item() and not last:
             raise RunError(f"interrupted after epoch {epoch}; the state is saved in {out_dir}: continue with the "
-                           f"same command and --resume", exit_code=128 + stop_signal[0])
+                           f"same command and --resume", exit_code=128 + (stop_signal or [signal.SIGTERM])[0])
 
     # ------------------------------------------------------------------ report
-    save_checkpoint(f"{out_dir}/teacher.pth.tar", teacher, args.n_epoch - 1, args.arch)
-    save_checkpoint(f"{out_dir}/student.pth.tar", student, args.n_epoch - 1, args.arch)
     metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"]
     metrics["wall_time_s"] = metrics.get("wall_time_s", 0.0) + time.time() - t0  # summed over resumed parts
     metrics["finished"] = True
-    save_json(f"{out_dir}/metrics.json", metrics)
-    os.remove(f"{out_dir}/{STATE_FILE}")  # the finished run needs no state; metrics.json says it is finished
+    if MAIN_PROCESS:
+        save_checkpoint(f"{out_dir}/teacher.pth.tar", teacher, args.n_epoch - 1, args.arch)
+        save_checkpoint(f"{out_dir}/student.pth.tar", student, args.n_epoch - 1, args.arch)
+        save_json(f"{out_dir}/metrics.json", metrics)
+        os.remove(f"{out_dir}/{STATE_FILE}")  # the finished run needs no state; metrics.json says it is finished
     log(f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1}); "
         f"best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
     if metrics["tipping_epoch"] is None:
@@ -244,11 +273,12 @@ def main(args):
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
     log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
+    destroy()
 
 
 def check_finite(first_bad, epoch, out_dir):
     """Stop on a non-finite loss (one host sync, done only where the loop syncs anyway)."""
-    bad = int(first_bad)
+    bad = int(all_reduce(first_bad, "max"))
     if bad >= 0:
         raise RunError(f"non-finite loss at epoch {epoch}, iteration {bad + 1}; the state saved after the previous "
                        f"epoch in {out_dir} is intact (lower --lr, or try --precision fp32, then --resume)")

@@ -1,46 +1,160 @@
 #!/usr/bin/env bash
-# Reproduce BKD runs: train (blind_knowledge_dist_training.py), evaluate (learning.py), score detection (detection.py).
-# Each run's logs go to results/<dataset>_<noise>_seed_<seed>/{training,learning,detection}.log.
+# Reproduce BKD runs: train (blind_knowledge_dist_training.py), evaluate (learning.py), score detection (detection.py),
+# then summarise the seeds (summarize.py). Each run's logs go to
+# results/<dataset>_<noise>_seed_<seed>/{training,learning,detection}.log.
 #
 #   bash run.sh                                    # the reference run: CIFAR-10N aggre, worst, rand1, seed 0
 #   DATASET=cifar100 bash run.sh                   # CIFAR-100N noisy100
 #   NOISE_TYPES="worst" SEEDS="1 2 3" bash run.sh --val_ratio 0   # extra flags go to all three scripts
+#   DATASET=all SEEDS="1 2 3" GPUS="0 1 2 3" bash run.sh          # CIFAR-10N and -100N, 12 runs on 4 GPUs
+#   DRY_RUN=1 GPUS="0 1" bash run.sh               # print every job's GPU and commands, run nothing
 #   DATASET=synthetic bash run.sh                  # offline demo on CPU, a few minutes
 #
-# Settings: DATASET (cifar10 | cifar100 | synthetic), NOISE_TYPES (or NOISE_TYPE), SEEDS (or SEED),
-# RESULTS_DIR (default results), PYTHON (default python).
+# Settings: DATASET (cifar10 | cifar100 | synthetic | all = cifar10 and cifar100 with their default noise types),
+# NOISE_TYPES (or NOISE_TYPE; single dataset only), SEEDS (or SEED), RESULTS_DIR (default results),
+# PYTHON (default python), GPUS (e.g. "0 1 2 3": run jobs concurrently, each with CUDA_VISIBLE_DEVICES set to
+# its GPU; unset = one job after another), JOBS_PER_GPU (default 1), DRY_RUN (1 = print, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")"
 
 DATASET=${DATASET:-cifar10}
 PYTHON=${PYTHON:-python}
 RESULTS_DIR=${RESULTS_DIR:-results}
-demo_flags=()
-case "$DATASET" in
-  cifar10) default_noise="aggre worst rand1" ;;
-  cifar100) default_noise="noisy100" ;;
-  synthetic) default_noise="aggre worst rand1"; demo_flags=(--n_epoch 24 --lr 0.1 --lr_decay_every 5 --print_freq 10 --noisy_val_freq 3 --clean_test_freq 3) ;;
-  *) echo "run.sh: unknown DATASET '$DATASET' (choose from cifar10, cifar100, synthetic)" >&2; exit 2 ;;
-esac
-NOISE_TYPES=${NOISE_TYPES:-${NOISE_TYPE:-$default_noise}}
+GPUS=${GPUS:-}
+JOBS_PER_GPU=${JOBS_PER_GPU:-1}
+DRY_RUN=${DRY_RUN:-0}
 SEEDS=${SEEDS:-${SEED:-0}}
 
-failed=()
-for noise in $NOISE_TYPES; do
-  for seed in $SEEDS; do
-    dir="$RESULTS_DIR/${DATASET}_${noise}_seed_${seed}"
-    mkdir -p "$dir"
-    flags=(--dataset "$DATASET" --noise_type "$noise" --seed "$seed" --results_dir "$RESULTS_DIR" "${demo_flags[@]}" "$@")
-    echo "[$(date +%H:%M:%S)] $DATASET $noise seed $seed: training, logs in $dir/"
-    if ! "$PYTHON" blind_knowledge_dist_training.py "${flags[@]}" > "$dir/training.log" 2>&1; then
-      echo "  training failed; the end of $dir/training.log:" >&2; tail -n 3 "$dir/training.log" >&2
-      failed+=("$DATASET $noise seed $seed"); continue
-    fi
-    "$PYTHON" learning.py "${flags[@]}" > "$dir/learning.log" 2>&1 || failed+=("$DATASET $noise seed $seed (learning.py)")
-    "$PYTHON" detection.py "${flags[@]}" > "$dir/detection.log" 2>&1 || failed+=("$DATASET $noise seed $seed (detection.py)")
-    echo "  $(grep -h '^test accuracy' "$dir/learning.log")  $(grep -h '^The f-score' "$dir/detection.log")"
+default_noise() {
+  case "$1" in
+    cifar10|synthetic) echo "aggre worst rand1" ;;
+    cifar100) echo "noisy100" ;;
+  esac
+}
+demo_flags() {  # the synthetic demo's short schedule, one flag a line
+  [ "$1" = synthetic ] && printf '%s\n' --n_epoch 24 --lr 0.1 --lr_decay_every 5 --print_freq 10 --noisy_val_freq 3 --clean_test_freq 3
+}
+
+case "$DATASET" in
+  cifar10|cifar100|synthetic) datasets=$DATASET ;;
+  all) datasets="cifar10 cifar100"
+       [ -n "${NOISE_TYPES:-${NOISE_TYPE:-}}" ] && echo "run.sh: DATASET=all uses each dataset's default noise types; NOISE_TYPES is ignored" >&2 ;;
+  *) echo "run.sh: unknown DATASET '$DATASET' (choose from cifar10, cifar100, synthetic, all)" >&2; exit 2 ;;
+esac
+if ! [[ "$JOBS_PER_GPU" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: JOBS_PER_GPU must be a positive integer, got '$JOBS_PER_GPU'" >&2; exit 2
+fi
+if [ -n "$GPUS" ] && [ "$DRY_RUN" != 1 ] && (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501 )); then
+  echo "run.sh: GPUS needs bash >= 5.1 (wait -n -p); this is $BASH_VERSION" >&2; exit 2
+fi
+
+# The grid, one "dataset noise seed" entry per job.
+grid=()
+for dataset in $datasets; do
+  noise_types=$(default_noise "$dataset")
+  [ "$DATASET" != all ] && noise_types=${NOISE_TYPES:-${NOISE_TYPE:-$noise_types}}
+  for noise in $noise_types; do
+    for seed in $SEEDS; do grid+=("$dataset $noise $seed"); done
   done
 done
+
+# Slots, GPU by GPU in turn (with GPUS="0 1" and 2 jobs per GPU: 0 1 0 1), so that the first jobs spread over
+# all GPUs before any GPU gets a second one. Without GPUS: one slot, no CUDA_VISIBLE_DEVICES.
+read -ra gpu_list <<< "$GPUS"
+slot_gpu=()
+for ((j = 0; j < JOBS_PER_GPU; j++)); do slot_gpu+=("${gpu_list[@]}"); done
+[ ${#slot_gpu[@]} -eq 0 ] && slot_gpu=("")
+
+# The flags of one job for all three scripts (into the array `flags`) and its run directory (into `dir`).
+job_setup() {
+  local dataset=$1 noise=$2 seed=$3
+  dir="$RESULTS_DIR/${dataset}_${noise}_seed_${seed}"
+  mapfile -t demo < <(demo_flags "$dataset")
+  flags=(--dataset "$dataset" --noise_type "$noise" --seed "$seed" --results_dir "$RESULTS_DIR" "${demo[@]}" "${extra_args[@]}")
+}
+
+# One job: train, evaluate, score; logs into its run directory. The exit status says what failed, bit by bit
+# (1 training, 2 learning.py, 4 detection.py), since a background job can only report through its status.
+run_job() {
+  local name="$1 $2 seed $3" gpu=$4 status=0
+  job_setup "$1" "$2" "$3"
+  [ -n "$gpu" ] && export CUDA_VISIBLE_DEVICES=$gpu
+  mkdir -p "$dir"
+  echo "[$(date +%H:%M:%S)] $name: training${gpu:+ on GPU $gpu}, logs in $dir/"
+  # a resumed run appends to the log of the run it continues; a new run starts a new log
+  [[ " ${extra_args[*]} " == *" --resume "* ]] || : > "$dir/training.log"
+  if ! "$PYTHON" blind_knowledge_dist_training.py "${flags[@]}" >> "$dir/training.log" 2>&1; then
+    { echo "  $name: training failed; the end of $dir/training.log:"; tail -n 3 "$dir/training.log"; } >&2
+    return 1
+  fi
+  "$PYTHON" learning.py "${flags[@]}" > "$dir/learning.log" 2>&1 || status=$((status | 2))
+  "$PYTHON" detection.py "${flags[@]}" > "$dir/detection.log" 2>&1 || status=$((status | 4))
+  echo "  $name: $(grep -h '^test accuracy' "$dir/learning.log")  $(grep -h '^The f-score' "$dir/detection.log")"
+  return $status
+}
+
+failed=()
+record() {  # record <job name> <exit status of run_job>
+  if (( $2 > 7 )); then failed+=("$1 (killed, status $2)"); return 0; fi
+  (( $2 & 1 )) && failed+=("$1")
+  (( $2 & 2 )) && failed+=("$1 (learning.py)")
+  (( $2 & 4 )) && failed+=("$1 (detection.py)")
+  return 0
+}
+job_name() { set -- $1; echo "$1 $2 seed $3"; }
+
+extra_args=("$@")
+if [ "$DRY_RUN" = 1 ]; then
+  # Job i goes to slot i mod (number of slots): the order the scheduler below fills them in when jobs take
+  # equally long. Commands are shell-quoted, so they can be pasted as they are.
+  for i in "${!grid[@]}"; do
+    slot=$((i % ${#slot_gpu[@]})); gpu=${slot_gpu[$slot]}
+    job_setup ${grid[$i]}
+    where=${gpu:+GPU $gpu}
+    echo "job $((i + 1))/${#grid[@]} $(job_name "${grid[$i]}"): slot $slot, ${where:-one job after another}"
+    for step in blind_knowledge_dist_training:training learning:learning detection:detection; do
+      echo "  ${gpu:+CUDA_VISIBLE_DEVICES=$gpu }$(printf '%q ' "$PYTHON" "${step%%:*}.py" "${flags[@]}")> $(printf '%q' "$dir/${step##*:}.log") 2>&1"
+    done
+  done
+  exit 0
+fi
+
+if [ -z "$GPUS" ]; then
+  for job in "${grid[@]}"; do
+    run_job $job ""
+    record "$(job_name "$job")" $?
+  done
+else
+  # A slot holds the pid of its running job (unset = free); pid_job maps a pid back to its job and slot.
+  slot_pid=()
+  declare -A pid_job pid_slot
+  # Ctrl-C or kill: stop the running jobs too (background jobs of a script ignore Ctrl-C by themselves).
+  stop() { for p in "${slot_pid[@]}"; do kill -- -"$p" 2>/dev/null; done; exit "$1"; }
+  trap 'stop 130' INT; trap 'stop 143' TERM
+  set -m  # each job in its own process group, so the trap above stops its python too
+  reap() {  # wait for any job to end, record it, free its slot
+    local pid
+    wait -n -p pid; local status=$?
+    if [ -z "${pid:-}" ]; then slot_pid=(); return; fi  # no job left to wait for: every slot is free
+    record "$(job_name "${pid_job[$pid]}")" $status
+    unset "slot_pid[${pid_slot[$pid]}]"
+  }
+  for job in "${grid[@]}"; do
+    while :; do  # the first free slot, else wait for one
+      for ((s = 0; s < ${#slot_gpu[@]}; s++)); do [ -z "${slot_pid[$s]:-}" ] && break; done
+      [ $s -lt ${#slot_gpu[@]} ] && break
+      reap
+    done
+    run_job $job "${slot_gpu[$s]}" &
+    slot_pid[$s]=$!; pid_job[$!]=$job; pid_slot[$!]=$s
+  done
+  while [ ${#slot_pid[@]} -gt 0 ]; do reap; done
+  set +m
+fi
+
+# Seed summary over everything in RESULTS_DIR; a failing summary is reported but never hides failed jobs.
+echo
+"$PYTHON" summarize.py --results_dir "$RESULTS_DIR" || failed+=("the seed summary (summarize.py)")
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'run.sh: failed: %s\n' "${failed[@]}" >&2
   exit 1

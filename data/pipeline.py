@@ -36,7 +36,7 @@ class DeviceBatches:
     indices: which of the N images form this split, in split order (None = all, in order)."""
 
     def __init__(self, images, labels, indices, mean_std, batch_size, augment=False, flip_first=True,
-                 shuffle=False, generator=None, channels_last=False):
+                 shuffle=False, generator=None, channels_last=False, rank=0, world_size=1):
         self.images, self.labels = images, labels
         device = images.device
         self.indices = (torch.arange(len(images), device=device) if indices is None
@@ -45,16 +45,22 @@ class DeviceBatches:
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std  # x / 255 normalised in one fused op
         self.batch_size, self.augment, self.flip_first = batch_size, augment, flip_first
         self.shuffle, self.generator, self.channels_last = shuffle, generator, channels_last
+        self.rank, self.world_size = rank, world_size  # under torchrun each rank takes every world_size-th sample
 
     def __len__(self):
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
     def batch(self, positions):
-        """The batch of the given split positions (a device tensor)."""
+        """The batch of the given split positions (a device tensor); under torchrun, this rank's share of it.
+        Crops and flips are drawn for the whole batch on every rank, so the random stream is the same as in
+        a single process."""
+        if self.augment:
+            rows, cols = crop_flip_indices(len(positions), self.flip_first, self.generator, positions.device)
+            rows, cols = rows[self.rank::self.world_size], cols[self.rank::self.world_size]
+        positions = positions[self.rank::self.world_size]
         full = self.indices[positions]
         x = self.images[full]
         if self.augment:
-            rows, cols = crop_flip_indices(len(full), self.flip_first, self.generator, x.device)
             x = x[torch.arange(len(full), device=x.device)[:, None, None, None],
                   torch.arange(3, device=x.device)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
         else:

@@ -1,5 +1,6 @@
 import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -8,6 +9,20 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED_CIFAR_N = os.path.join(ROOT, "..", "shared", "cifar-n")
+SYNTHETIC_EPOCHS = 24  # with the demo schedule of run.sh: the tipping epoch is found for every label set
+SYNTHETIC_SCHEDULE = ["--n_epoch", SYNTHETIC_EPOCHS, "--lr", 0.1, "--lr_decay_every", 5]
+N_SYNTHETIC = 4000
+
+
+def run(script, *args, cwd=ROOT, launcher=(), offline=False):
+    """Run a script of the repository as a user would: a subprocess, from the repository root. offline=True
+    points downloads at a closed local port, so they fail at once as on a machine without network."""
+    threads = "1" if launcher else os.environ.get("OMP_NUM_THREADS", "2")  # torchrun: one thread per process
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=threads)
+    if offline:
+        env.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="")
+    return subprocess.run([*launcher, *([] if launcher else [sys.executable]), os.path.join(ROOT, script),
+                           *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def write_pickle(path, obj):
@@ -38,3 +53,16 @@ def fake_cifar(tmp_path):
     write_pickle(c100 / "test", {b"fine_labels": rng.integers(0, 100, 20).tolist(), b"coarse_labels": [0] * 20,
                                  b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8)})
     return dict(dir=str(tmp_path), labels10=np.array(labels10), labels100=np.array(labels100))
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory):
+    """One single-process BKD run on the synthetic worst labels, then learning.py and detection.py on it."""
+    results = tmp_path_factory.mktemp("results")
+    flags = ["--dataset", "synthetic", "--noise_type", "worst", "--seed", "0", "--results_dir", results]
+    train = run("blind_knowledge_dist_training.py", *flags, *SYNTHETIC_SCHEDULE, "--print_freq", 10,
+                "--noisy_val_freq", 3, "--clean_test_freq", 3)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    return dict(dir=results / "synthetic_worst_seed_0", flags=flags, train=train,
+                learning=run("learning.py", *flags), learning_best=run("learning.py", *flags, "--checkpoint", "best"),
+                detection=run("detection.py", *flags))

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, write_pickle
-from tests.test_scripts import run
+from tests.conftest import ROOT, run, write_pickle
 
 OUTPUTS = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar", "detection.npy")
 
@@ -205,16 +205,15 @@ def bad_inputs(tmp_path, fake_cifar):
     ]
 
 
-def test_bad_input_table(tmp_path, fake_cifar, monkeypatch):
+def test_bad_input_table(tmp_path, fake_cifar):
     cases = bad_inputs(tmp_path, fake_cifar)
     assert len(cases) >= 15
-    for name, script, args, code, fragment in cases:
-        before = sorted(str(p) for p in tmp_path.rglob("*"))
-        env_offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-        monkeypatch.setattr(os, "environ", {**os.environ, **env_offline})
-        result = run(script, *args)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with ThreadPoolExecutor(4) as pool:  # independent subprocesses: run them side by side
+        results = list(pool.map(lambda case: run(case[1], *case[2], offline=True), cases))
+    for (name, script, args, code, fragment), result in zip(cases, results):
         errors = [line for line in result.stderr.strip().splitlines() if "error" in line]
         assert result.returncode == code, (name, result.stderr[-1500:])
         assert "Traceback" not in result.stderr and len(errors) == 1, (name, result.stderr[-1500:])
         assert fragment in errors[0], (name, errors[0])
-        assert sorted(str(p) for p in tmp_path.rglob("*")) == before, f"{name} left files behind"
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "a bad input left files behind"

@@ -1,24 +1,14 @@
 """End to end: the three scripts run as a user types them (subprocess), their outputs, and bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from models import build_model
-from tests.conftest import ROOT, write_pickle
+from tests.conftest import N_SYNTHETIC, SYNTHETIC_EPOCHS, run, write_pickle
 
-SYNTHETIC_EPOCHS = 24  # with the demo's schedule of run.sh
-N_SYNTHETIC = 4000
-
-
-def run(script, *args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 def assert_clean_error(result, *fragments):
@@ -28,19 +18,6 @@ def assert_clean_error(result, *fragments):
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
-
-
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    """One BKD run on the synthetic worst labels, then learning.py and detection.py on it."""
-    results = tmp_path_factory.mktemp("results")
-    flags = ["--dataset", "synthetic", "--noise_type", "worst", "--seed", "0", "--results_dir", results]
-    train = run("blind_knowledge_dist_training.py", *flags, "--n_epoch", SYNTHETIC_EPOCHS, "--lr", 0.1,
-                "--lr_decay_every", 5, "--print_freq", 10, "--noisy_val_freq", 3, "--clean_test_freq", 3)
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    return dict(dir=results / "synthetic_worst_seed_0", flags=flags, train=train,
-                learning=run("learning.py", *flags), learning_best=run("learning.py", *flags, "--checkpoint", "best"),
-                detection=run("detection.py", *flags))
 
 
 def test_training_writes_every_output(synthetic_run):

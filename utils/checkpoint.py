@@ -1,4 +1,5 @@
 """Saving and loading: one dict per network, written atomically, read without arbitrary unpickling."""
+import contextlib
 import glob
 import json
 import os
@@ -125,7 +126,8 @@ def prepare_run_dir(out_dir, args):
     metrics_path = os.path.join(out_dir, "metrics.json")
     for name in OUTPUT_FILES:  # temporary files of a write that a SIGKILL cut short (the real files are intact)
         for stale in glob.glob(os.path.join(glob.escape(out_dir), f".{name}.*.tmp")):
-            os.remove(stale)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
     finished = False
     if os.path.isfile(metrics_path):
         try:
@@ -135,7 +137,7 @@ def prepare_run_dir(out_dir, args):
             finished = False
     if args.overwrite:
         for name in OUTPUT_FILES:
-            if os.path.exists(os.path.join(out_dir, name)):
+            with contextlib.suppress(FileNotFoundError):  # under torchrun every rank gets here
                 os.remove(os.path.join(out_dir, name))
         return None
     if args.resume:

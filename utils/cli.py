@@ -64,6 +64,9 @@ def get_args_parser(description):
                    help="autocast precision of the networks; losses and statistics are always fp32. "
                         "auto = bf16 on CUDA, fp32 on CPU; fp32 reproduces the reference's numerics")
     g.add_argument("--compile", action="store_true", help="torch.compile both networks (slow start, faster epochs)")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm) instead "
+                        "of each rank's share")
     g.add_argument("--deterministic", action="store_true",
                    help="repeatable CUDA runs: deterministic cuDNN/cuBLAS kernels, no autotuning (slower); "
                         "CPU runs are repeatable without it")

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from utils import InputError
+from utils.dist import all_reduce
 from utils.bkd import agreement, compensation_loss, robust_targets, soft_cross_entropy
 
 
@@ -59,22 +60,23 @@ def train_step(teacher, student, optimizer, x, y, alphas, precision):
 @torch.inference_mode()
 def agreement_pass(teacher, student, batches, precision="fp32"):
     """Both networks in eval mode over every sample of `batches`, in split order: (agreement on the sample's
-    label, whether the agreement's argmax equals that label), as device tensors."""
+    label, 1.0 where the agreement's argmax equals that label), as device tensors. Under torchrun each rank
+    fills its share and the sum over ranks completes both arrays on every rank."""
     teacher.eval()
     student.eval()
     device = batches.indices.device
     n = len(batches.indices)
-    agree_on_label = torch.empty(n, device=device)
-    correct = torch.empty(n, dtype=torch.bool, device=device)
+    agree_on_label = torch.zeros(n, device=device)
+    correct = torch.zeros(n, device=device)
     for x, y, pos in batches:
         with autocast(device, precision):
             t, s = teacher(x), student(x)
         p = agreement(t.float(), s.float())
         agree_on_label[pos] = p.gather(1, y[:, None]).squeeze(1)
-        correct[pos] = p.argmax(dim=1) == y
-    return agree_on_label, correct
+        correct[pos] = (p.argmax(dim=1) == y).float()
+    return all_reduce(agree_on_label), all_reduce(correct)
 
 
 def accuracy(teacher, student, batches, precision="fp32"):
     """Percent of samples whose agreement prediction equals their label (one host sync)."""
-    return agreement_pass(teacher, student, batches, precision)[1].float().mean().item() * 100
+    return agreement_pass(teacher, student, batches, precision)[1].mean().item() * 100

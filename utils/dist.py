@@ -1,0 +1,58 @@
+"""torchrun support in a few helpers: plain `python script.py` runs as a world of one, and every helper is
+then a no-op."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device_name):
+    """(rank, world_size, device) from torchrun's environment; starts the process group (NCCL on GPUs,
+    gloo on CPU). Without torchrun: (0, 1, the requested device)."""
+    from utils.engine import get_device
+    if "RANK" not in os.environ:
+        return 0, 1, get_device(device_name)
+    rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    device = get_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return rank, world_size, device
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce(tensor, op="sum"):
+    """In place over all ranks (a no-op in a world of one); returns the tensor."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def same_on_all_ranks(tensor):
+    """True when every rank holds the same values (a checksum compared across ranks)."""
+    if world_size() == 1:
+        return True
+    checksum = torch.stack([tensor.double().sum(), (tensor.double() * torch.arange(1, tensor.numel() + 1,
+                            device=tensor.device, dtype=torch.double).view_as(tensor)).sum()])
+    low, high = -checksum.clone(), checksum.clone()
+    all_reduce(low, "max")
+    all_reduce(high, "max")
+    return bool(torch.equal(-low, high))
+
+
+def destroy():
+    if world_size() > 1:
+        dist.destroy_process_group()
+
+
+def sync_buffers(*models):
+    """Copy rank 0's BatchNorm running statistics to every rank, so evaluation is the same everywhere
+    (with per-rank BatchNorm each rank's last training batch moved its own statistics)."""
+    if world_size() > 1:
+        for model in models:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
