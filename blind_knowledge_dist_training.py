@@ -61,7 +61,13 @@ def main(args):
         torch.backends.cudnn.deterministic = args.deterministic
         torch.set_float32_matmul_precision("high")  # TF32 in fp32 mode
     out_dir = run_dir(args)
-    state = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked; the state to resume from
+    state, finished = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked
+    if finished:  # --resume of a finished run (killed after it finished, a requeued job): nothing to do
+        if MAIN_PROCESS and os.path.exists(f"{out_dir}/{STATE_FILE}"):
+            os.remove(f"{out_dir}/{STATE_FILE}")
+        log(f"{out_dir} holds a finished run: nothing to resume")
+        destroy()
+        return
     log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision}, "
         f"results in {out_dir}")
@@ -97,10 +103,10 @@ def main(args):
     student = build_model(args.arch, data.num_classes).to(device)
     # channels_last is faster for these convolutions on GPUs (tensor cores) and on CPUs (oneDNN) alike
     teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer((teacher, student), args, device)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_decay_every, gamma=0.1)
     if args.sync_bn:
         teacher, student = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (teacher, student))
+    optimizer = make_optimizer((teacher, student), args, device)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_decay_every, gamma=0.1)
     eval_teacher, eval_student = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
     run_teacher, run_student = eval_teacher, eval_student
     if world > 1:  # gradients averaged over ranks; each rank's loss is the mean over its share of the global batch

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from utils import RunError
 from utils.summary import SummaryError, collect, write_summary
 
 
@@ -32,9 +33,9 @@ def main(argv=None):
         return 2
     try:
         print(write_summary(rows, args.results_dir), end="")
-    except OSError as e:
-        print(f"summarize.py: cannot write the summary into {args.results_dir}: {e}", file=sys.stderr)
-        return 2
+    except RunError as e:
+        print(f"summarize.py: {e}", file=sys.stderr)
+        return 1
     # On stderr, so that `python summarize.py > table.md` gets the table alone.
     print(f"written: {os.path.join(args.results_dir, 'summary.csv')}, {os.path.join(args.results_dir, 'summary.md')}",
           file=sys.stderr)

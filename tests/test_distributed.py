@@ -1,12 +1,16 @@
 """torchrun: one BKD run on several processes (gloo on CPU) behaves as the single-process run."""
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from tests.conftest import N_SYNTHETIC, SYNTHETIC_SCHEDULE, run, write_pickle
-from tests.test_resume import OUTPUTS, outputs
+from tests.conftest import N_SYNTHETIC, ROOT, SYNTHETIC_SCHEDULE, run, write_pickle
+from tests.test_resume import outputs
 
 
 def torchrun(n):
@@ -49,3 +53,32 @@ def test_torchrun_with_one_process_is_plain_python(fake_cifar, tmp_path):
 def test_sync_bn_needs_several_cuda_processes():
     result = run("blind_knowledge_dist_training.py", "--dataset", "synthetic", "--sync_bn")
     assert result.returncode == 2 and "--sync_bn needs torchrun" in result.stderr
+
+
+def test_resume_under_torchrun(fake_cifar, tmp_path):
+    """Kill every rank of a 2-process run mid-way, resume it under torchrun: the same outputs as uninterrupted."""
+    clean = fake_cifar["labels10"]
+    write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 2) % 10})
+    flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
+             tmp_path / "labels.pt", "--n_epoch", 60, "--batch_size", 16, "--print_freq", 1000]
+    reference = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "reference",
+                    launcher=torchrun(2))
+    assert reference.returncode == 0, [l for l in reference.stderr.splitlines() if "error:" in l]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([*torchrun(2), os.path.join(ROOT, "blind_knowledge_dist_training.py"),
+                                *map(str, flags), "--results_dir", str(tmp_path / "killed")], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = tmp_path / "killed" / "cifar10_worst_seed_0" / "state.pth.tar"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few epochs further, well before the end
+    os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher at once
+    process.wait()
+    assert state.exists() and not (state.parent / "teacher.pth.tar").exists(), "the run ended before the kill"
+    resumed = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "killed", "--resume",
+                  launcher=torchrun(2))
+    assert resumed.returncode == 0, [l for l in resumed.stderr.splitlines() if "error:" in l]
+    assert "resuming from" in resumed.stdout
+    a, b = (tmp_path / d / "cifar10_worst_seed_0" for d in ("reference", "killed"))
+    assert outputs(a) == outputs(b)

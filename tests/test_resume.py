@@ -99,8 +99,10 @@ def test_finished_run_is_not_overwritten_silently(fake_run):
     again = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
     assert outputs(results / "cifar10_worst_seed_0") == before
+    assert "--resume" in again.stderr  # offered: keeping the finished run is a no-op
     resumed = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume")
-    assert resumed.returncode == 2 and "finished run" in resumed.stderr
+    assert resumed.returncode == 0 and "holds a finished run: nothing to resume" in resumed.stdout
+    assert outputs(results / "cifar10_worst_seed_0") == before
     train(fake_run["flags"], results, "--overwrite", "--seed", "0")
     assert outputs(results / "cifar10_worst_seed_0") == before  # same seed: the same run again
 
@@ -151,9 +153,9 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
     def disk_full(f):
         raise OSError(28, "No space left on device")
-    from utils import checkpoint
+    from utils import atomic_write
     with pytest.raises(RunError, match="No space left on device"):
-        checkpoint.atomic_write(str(path), disk_full)
+        atomic_write(str(path), disk_full)
     assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["metrics.json"]
 
 

@@ -3,34 +3,14 @@ import contextlib
 import glob
 import json
 import os
-import tempfile
 
 import numpy as np
 import torch
 
 from models import build_model
-from utils import InputError, RunError
+from utils import InputError, atomic_write
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
-
-
-def atomic_write(path, write):
-    """Call write(file object) on a temporary file next to path, then rename it into place: readers see the
-    old file or the new one, never a truncated one."""
-    folder = os.path.dirname(path) or "."
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, permissions, a folder that vanished: the previous file stays as it was
-        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_json(path, obj):
@@ -120,8 +100,8 @@ def load_state(path):
 
 
 def prepare_run_dir(out_dir, args):
-    """Check the run directory against --resume / --overwrite; returns the state to resume from, or None.
-    Never deletes anything unless --overwrite asks for it."""
+    """Check the run directory against --resume / --overwrite: (state to resume from or None, whether the run
+    there is finished, which only --resume accepts: nothing left to do). Deletes outputs only for --overwrite."""
     state_path = os.path.join(out_dir, STATE_FILE)
     metrics_path = os.path.join(out_dir, "metrics.json")
     for name in OUTPUT_FILES:  # temporary files of a write that a SIGKILL cut short (the real files are intact)
@@ -139,12 +119,12 @@ def prepare_run_dir(out_dir, args):
         for name in OUTPUT_FILES:
             with contextlib.suppress(FileNotFoundError):  # under torchrun every rank gets here
                 os.remove(os.path.join(out_dir, name))
-        return None
+        return None, False
     if args.resume:
         if finished:
-            raise InputError(f"{out_dir} holds a finished run: nothing to resume (use --overwrite to train it again)")
+            return None, True
         if not os.path.isfile(state_path):
-            return None  # killed before its first epoch ended (or never started): start from scratch
+            return None, False  # killed before its first epoch ended (or never started): start from scratch
         state = load_state(state_path)
         saved = state["metrics"]["args"]
         changed = [f"--{k} {saved.get(k)} -> {getattr(args, k)}" for k in RESUME_MUST_MATCH
@@ -154,10 +134,10 @@ def prepare_run_dir(out_dir, args):
                              f"use the same flags, or --overwrite to start over")
         if args.n_epoch <= state["epoch"]:
             raise InputError(f"--n_epoch {args.n_epoch}: the saved run has already done {state['epoch'] + 1} epochs")
-        return state
+        return state, False
     if finished:
-        raise InputError(f"{out_dir} already holds a finished run; pass --overwrite to replace it, "
-                         f"or choose another --seed or --results_dir")
+        raise InputError(f"{out_dir} already holds a finished run; pass --resume to keep it (nothing to do), "
+                         f"--overwrite to train it again, or choose another --seed or --results_dir")
     if os.path.isfile(state_path):
         raise InputError(f"{out_dir} holds an unfinished run; pass --resume to continue it, or --overwrite to start over")
-    return None
+    return None, False

@@ -6,10 +6,11 @@ import io
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 from scipy import stats
+
+from utils import atomic_write
 
 DETECTION_KEYS = ("precision", "recall", "f1")
 CSV_COLUMNS = ["dataset", "noise_type", "n_seeds", "seeds", "test_accuracy_mean", "test_accuracy_ci95",
@@ -103,27 +104,13 @@ def to_markdown(rows):
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
-def _write_atomic(path, text):
-    """Write to a temporary file next to `path`, then rename over it: a reader (or a crash) never sees half a
-    file, and concurrent writers leave one complete version."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a summary is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_summary(rows, results_dir):
     """Write results_dir/summary.csv and results_dir/summary.md; return the markdown."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     writer.writerows([_csv_value(r[c]) for c in CSV_COLUMNS] for r in rows)
-    _write_atomic(os.path.join(results_dir, "summary.csv"), buf.getvalue())
+    atomic_write(os.path.join(results_dir, "summary.csv"), lambda f: f.write(buf.getvalue().encode()))
     markdown = to_markdown(rows)
-    _write_atomic(os.path.join(results_dir, "summary.md"), markdown)
+    atomic_write(os.path.join(results_dir, "summary.md"), lambda f: f.write(markdown.encode()))
     return markdown
