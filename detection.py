@@ -34,6 +34,8 @@ def main(args):
     print(f"precision is {precision}")
     print(f"recall is {recall}")
     print(f"The f-score is {f1}")
+    baseline = precision_recall_f1(np.ones_like(truly_noisy), truly_noisy)[2]
+    print(f"(flagging every label would score F1 {baseline:.4f})")
 
 
 if __name__ == "__main__":

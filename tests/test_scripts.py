@@ -68,6 +68,7 @@ def test_detection_script_reports_precision_recall_f1(synthetic_run):
     assert lines[1] == f"truly noisy: {m['truly_noisy']}"
     assert lines[2] == f"precision is {m['precision']}" and lines[3] == f"recall is {m['recall']}"
     assert lines[4] == f"The f-score is {m['f1']}"
+    assert lines[5] == "(flagging every label would score F1 0.5735)"  # 2 * 0.402 / 1.402
 
 
 def test_learning_script_reports_which_networks(synthetic_run):
