@@ -1,5 +1,6 @@
 """The fast path computes what the plain one does: bf16 autocast vs fp32, compiled networks' checkpoints."""
 import numpy as np
+import pytest
 import torch
 
 from data.pipeline import DeviceBatches, to_device_images
@@ -8,6 +9,7 @@ from utils.checkpoint import load_network, save_checkpoint
 from utils.engine import agreement_pass, make_optimizer, train_step
 
 
+@pytest.fixture(scope="module")
 def trained_pair(steps=30):
     """A small-CNN pair trained briefly on an easy task (class = brightest channel), so logits are decisive."""
     torch.manual_seed(0)
@@ -29,8 +31,8 @@ def trained_pair(steps=30):
     return nets, batches
 
 
-def test_bf16_and_fp32_give_the_same_predictions():
-    nets, batches = trained_pair()
+def test_bf16_and_fp32_give_the_same_predictions(trained_pair):
+    nets, batches = trained_pair
     agree32, correct32 = agreement_pass(*nets, batches, "fp32")
     agree16, correct16 = agreement_pass(*nets, batches, "bf16")
     assert agree16.dtype == torch.float32  # statistics stay fp32 under autocast
@@ -39,8 +41,8 @@ def test_bf16_and_fp32_give_the_same_predictions():
     assert torch.allclose(agree16, agree32, atol=0.05)
 
 
-def test_bf16_training_step_keeps_losses_fp32_and_finite():
-    nets, batches = trained_pair(steps=2)
+def test_bf16_training_step_keeps_losses_fp32_and_finite(trained_pair):
+    nets, batches = trained_pair
     opt = make_optimizer(nets, type("A", (), dict(lr=0.01, momentum=0.9, weight_decay=0)), torch.device("cpu"))
     x, y, _ = next(iter(batches))
     loss, loss_ce, loss_c, t, s = train_step(*nets, opt, x, y, torch.full((len(y),), 0.5), "bf16")

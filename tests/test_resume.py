@@ -57,7 +57,7 @@ def test_same_seed_twice_gives_identical_outputs(fake_run):
 
 
 def test_killed_at_random_moments_and_resumed_gives_identical_outputs(fake_run):
-    flags = [*fake_run["flags"], "--n_epoch", 120]
+    flags = [*fake_run["flags"], "--n_epoch", 80]
     t0 = time.time()
     train(flags, fake_run["tmp"] / "reference")
     duration = time.time() - t0

@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 from data import DATASETS, DEFAULT_NOISE_TYPE, NOISE_TYPES
 from models import ARCHS
 from utils import InputError, RunError
@@ -93,7 +95,8 @@ def check_args(parser, args):
     if not 0 <= args.val_ratio < 1:
         parser.error(f"argument --val_ratio: must be in [0, 1), got {args.val_ratio}")
     if args.eval_batch_size is None:
-        args.eval_batch_size = 256 if args.device == "cpu" or (args.device == "auto" and not cuda_available()) else 1024
+        on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+        args.eval_batch_size = 256 if on_cpu else 1024
     for name in ("n_epoch", "lr_decay_every", "batch_size", "eval_batch_size", "print_freq", "noisy_val_freq", "clean_test_freq"):
         if getattr(args, name) < 1:
             parser.error(f"argument --{name}: must be at least 1, got {getattr(args, name)}")
@@ -105,11 +108,6 @@ def check_args(parser, args):
         if not 0 <= getattr(args, f"alpha{i}") <= 1:
             parser.error(f"argument --alpha{i}: must be in [0, 1], got {getattr(args, f'alpha{i}')}")
     return args
-
-
-def cuda_available():
-    import torch
-    return torch.cuda.is_available()
 
 
 def run_dir(args):
