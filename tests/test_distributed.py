@@ -35,11 +35,16 @@ def test_two_processes_agree_and_match_the_single_process_run(synthetic_run, tmp
     assert abs(two["detection"]["f1"] - one["detection"]["f1"]) < 0.05, (two["detection"], one["detection"])
 
 
-def test_torchrun_with_one_process_is_plain_python(fake_cifar, tmp_path):
+def small_cifar_flags(fake_cifar, tmp_path, n_epoch):
+    """A small-CNN run on 100 fake CIFAR-10 images with half of the labels wrong: seconds per run."""
     clean = fake_cifar["labels10"]
     write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 2) % 10})
-    flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
-             tmp_path / "labels.pt", "--n_epoch", 30, "--batch_size", 16, "--print_freq", 1000]
+    return ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
+            tmp_path / "labels.pt", "--n_epoch", n_epoch, "--batch_size", 16, "--print_freq", 1000]
+
+
+def test_torchrun_with_one_process_is_plain_python(fake_cifar, tmp_path):
+    flags = small_cifar_flags(fake_cifar, tmp_path, n_epoch=30)
     plain = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "plain",
                 launcher=(sys.executable,))  # plain python, with the one thread per process torchrun gets
     launched = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "torchrun",
@@ -57,10 +62,7 @@ def test_sync_bn_needs_several_cuda_processes():
 
 def test_resume_under_torchrun(fake_cifar, tmp_path):
     """Kill every rank of a 2-process run mid-way, resume it under torchrun: the same outputs as uninterrupted."""
-    clean = fake_cifar["labels10"]
-    write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 2) % 10})
-    flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
-             tmp_path / "labels.pt", "--n_epoch", 60, "--batch_size", 16, "--print_freq", 1000]
+    flags = small_cifar_flags(fake_cifar, tmp_path, n_epoch=60)
     reference = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "reference",
                     launcher=torchrun(2))
     assert reference.returncode == 0, [l for l in reference.stderr.splitlines() if "error:" in l]
