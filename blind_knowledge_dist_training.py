@@ -26,7 +26,7 @@ from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, r
                               save_json, save_npy, save_state)
 from utils.cli import get_args_parser, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
-from utils.engine import accuracy, agreement_pass, make_optimizer, seed_everything, train_step
+from utils.engine import accuracy, agreement_pass, make_optimizer, resolve_precision, seed_everything, train_step
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
 
@@ -54,7 +54,7 @@ def main(args):
     MAIN_PROCESS = rank == 0
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise InputError("--sync_bn needs torchrun with more than one process on CUDA devices")
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, device)
     seed_everything(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic  # autotuned kernels may differ between runs
@@ -201,10 +201,11 @@ def main(args):
             if tipping is not None:
                 metrics["tipping_epoch"] = tipping
                 log(f"overfitting epoch: {tipping}")
+                agreements = train_agree[tipping % 4].cpu().numpy()  # recorded during the tipping epoch
                 try:
-                    split = otsu_split(train_agree[tipping % 4].cpu().numpy())
+                    split = otsu_split(agreements)
                     log_split("training split", split)
-                    groups = torch.as_tensor(assign_groups(train_agree[tipping % 4].cpu().numpy(), split), device=device)
+                    groups = torch.as_tensor(assign_groups(agreements, split), device=device)
                     metrics["train_split"] = dict(zip(SPLIT_NAMES, split))
                     metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
                     log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))

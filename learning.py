@@ -9,12 +9,12 @@ from data import load_dataset
 from data.pipeline import DeviceBatches, to_device_images
 from utils.checkpoint import load_network
 from utils.cli import get_args_parser, run_dir, run_main
-from utils.engine import accuracy, get_device
+from utils.engine import accuracy, get_device, resolve_precision
 
 
 def main(args):
     device = get_device(args.device)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, device)
     out_dir = run_dir(args)
     prefix = "best_" if args.checkpoint == "best" else ""
     data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)

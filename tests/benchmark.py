@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import MEAN_STD  # noqa: E402
 from data.pipeline import DeviceBatches, to_device_images  # noqa: E402
 from models import ARCHS, build_model  # noqa: E402
-from utils.engine import agreement_pass, get_device, make_optimizer, train_step  # noqa: E402
+from utils.engine import agreement_pass, get_device, make_optimizer, resolve_precision, train_step  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "H800": 989, "A100": 312, "L40S": 362, "A10": 125}
 
@@ -177,7 +177,7 @@ def main():
                    help="assumed tipping epoch of the projection (full-set passes run until it is found, +3)")
     args = p.parse_args()
     device = get_device(args.device)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(args.precision, device)
     torch.backends.cudnn.benchmark = True
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.n_images, 32, 32, 3), dtype=np.uint8)

@@ -28,6 +28,11 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def resolve_precision(precision, device):
+    """--precision auto means bf16 on CUDA and fp32 (the reference's numerics) on CPU."""
+    return precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+
 def autocast(device, precision):
     """bf16 autocast on CUDA when asked; a no-op context otherwise (fp32 = the reference's numerics)."""
     if precision == "bf16":
