@@ -62,7 +62,7 @@ def test_sync_bn_needs_several_cuda_processes():
 
 def test_resume_under_torchrun(fake_cifar, tmp_path):
     """Kill every rank of a 2-process run mid-way, resume it under torchrun: the same outputs as uninterrupted."""
-    flags = small_cifar_flags(fake_cifar, tmp_path, n_epoch=60)
+    flags = small_cifar_flags(fake_cifar, tmp_path, n_epoch=40)
     reference = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "reference",
                     launcher=torchrun(2))
     assert reference.returncode == 0, [l for l in reference.stderr.splitlines() if "error:" in l]
