@@ -1,5 +1,6 @@
 """Datasets: images, noisy and clean labels, the validation split, and per-dataset preprocessing constants."""
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -27,9 +28,11 @@ class Dataset:
     num_classes: int
     train_images: np.ndarray  # uint8 (N, 32, 32, 3), dataset order
     noisy_labels: np.ndarray  # int64 (N,), the labels training sees
-    clean_labels: np.ndarray  # int64 (N,), ground truth, used only for reporting
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    clean_labels: Optional[np.ndarray]  # int64 (N,), ground truth, used only for reporting; None = unknown
+    test_images: Optional[np.ndarray]  # None = no test set
+    test_labels: Optional[np.ndarray]
+    class_names: Optional[tuple] = None  # name of each class index, where the data set has them
+    train_files: Optional[list] = None  # file of each training image, where the data set has files
 
     @property
     def mean_std(self):
@@ -42,7 +45,8 @@ class Dataset:
 
     @property
     def noise_or_not(self):
-        return self.noisy_labels != self.clean_labels
+        """True where the given label is wrong; None when the ground truth is unknown."""
+        return None if self.clean_labels is None else self.noisy_labels != self.clean_labels
 
 
 def validate_labels(labels, noise_key, train_labels, num_classes, source):
@@ -70,18 +74,19 @@ def load_dataset(name, noise_type, data_dir, noise_path=None, download=True):
     noise_key = NOISE_TYPES[name][noise_type]
     if name == "synthetic":
         from .synthetic import make_synthetic
+        from .synthetic import CLASSES
         d = make_synthetic()
         train_images, train_labels, test_images, test_labels = (
             d["train_images"], d["train_labels"], d["test_images"], d["test_labels"])
-        labels, source = d["noisy_labels"], "synthetic labels"
+        labels, source, class_names = d["noisy_labels"], "synthetic labels", CLASSES
     else:
-        from .cifar import cifar_n_path, load_cifar, load_label_file
+        from .cifar import CIFAR, cifar_n_path, load_cifar, load_label_file
         train_images, train_labels, test_images, test_labels = load_cifar(name, data_dir, download)
         path = cifar_n_path(name, data_dir, noise_path)
-        labels, source = load_label_file(path), path
+        labels, source, class_names = load_label_file(path), path, CIFAR[name]["classes"]
     noisy = validate_labels(labels, noise_key, train_labels, NUM_CLASSES[name], source)
     return Dataset(name, NUM_CLASSES[name], train_images, noisy, train_labels.astype(np.int64),
-                   test_images, test_labels.astype(np.int64))
+                   test_images, test_labels.astype(np.int64), class_names=tuple(class_names))
 
 
 def split_indices(n, val_ratio, seed):

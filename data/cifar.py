@@ -13,13 +13,23 @@ import numpy as np
 from utils import InputError
 from . import safe_pickle
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man
+maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain
+plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake
+spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip
+turtle wardrobe whale willow_tree wolf woman worm""".split())  # fine labels, in label order
 CIFAR = {
     "cifar10": dict(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                     md5="c58f30108f718f92721af3b95e74349a", folder="cifar-10-batches-py",
-                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"], label_key="labels"),
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"], label_key="labels",
+                    classes=CIFAR10_CLASSES),
     "cifar100": dict(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                      md5="eb9058c3a382ffc7106e4002c42a8d85", folder="cifar-100-python",
-                     train=["train"], test=["test"], label_key="fine_labels"),
+                     train=["train"], test=["test"], label_key="fine_labels",
+                     classes=CIFAR100_CLASSES),
 }
 CIFAR_N = {
     "cifar10": dict(file="CIFAR-10_human.pt", md5="96644db5574813cae939af5f7f2a0aec"),

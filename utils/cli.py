@@ -66,6 +66,10 @@ def get_args_parser(description):
                    help="autocast precision of the networks; losses and statistics are always fp32. "
                         "auto = bf16 on CUDA, fp32 on CPU; fp32 reproduces the reference's numerics")
     g.add_argument("--compile", action="store_true", help="torch.compile both networks (slow start, faster epochs)")
+    g.add_argument("--cuda_graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="on CUDA, capture the whole training step once as a CUDA graph and replay it (one launch per "
+                        "step instead of hundreds); --no-cuda_graph runs it eagerly. Ignored on CPU and under torchrun. "
+                        "Experimental: off by default until it has been verified on a GPU")
     g.add_argument("--sync_bn", action="store_true",
                    help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm) instead "
                         "of each rank's share")
