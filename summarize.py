@@ -1,6 +1,6 @@
 """Summarise the seeds of BKD runs: per dataset and noise type, mean and 95 % confidence interval of clean test
-accuracy and of detection precision, recall and F1, from results/*/metrics.json. Prints a markdown table and
-writes summary.csv and summary.md into the results directory."""
+accuracy and of detection precision, recall, F1, AUROC and average precision, from results/*/metrics.json. Prints a
+markdown table and writes summary.csv and summary.md into the results directory."""
 import argparse
 import os
 import sys

@@ -14,27 +14,36 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T_975_2DF = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (statistical tables)
 
 
-def write_run(results_dir, dataset, noise_type, seed, acc, detection=None, finished=True):
+def write_run(results_dir, dataset, noise_type, seed, acc, detection=None, finished=True, ranking=None):
+    """A metrics.json as the training script writes it: detection = (precision, recall, F1) or a whole dict,
+    ranking = (AUROC, average precision), left out as in runs of older versions."""
     d = results_dir / f"{dataset}_{noise_type}_seed_{seed}"
     d.mkdir(parents=True)
     metrics = dict(args=dict(dataset=dataset, noise_type=noise_type, seed=seed, n_epoch=300), finished=finished,
                    final_test_accuracy=acc if finished else None, best_val_accuracy=50.0, tipping_epoch=None,
                    detection=None)
-    if detection is not None:
+    if isinstance(detection, dict):
+        metrics.update(tipping_epoch=10, detection=detection)
+    elif detection is not None:
         p, r, f1 = detection
         metrics.update(tipping_epoch=10, detection=dict(flagged=100, truly_noisy=90, precision=p, recall=r, f1=f1))
+    if ranking is not None:
+        metrics["detection"].update(auroc=ranking[0], average_precision=ranking[1], precision_at_k=0.5, k=90)
     (d / "metrics.json").write_text(json.dumps(metrics))
 
 
 @pytest.fixture
 def results(tmp_path):
     """cifar10 worst: 3 finished seeds (accuracy 80, 82, 84), one without detection, one unfinished seed;
-    cifar100 noisy100: one seed without detection."""
-    write_run(tmp_path, "cifar10", "worst", 0, 80.0, (0.70, 0.50, 0.60))
-    write_run(tmp_path, "cifar10", "worst", 2, 84.0, (0.80, 0.60, 0.70))
+    cifar10 aggre: a run of an older version (no AUROC, no average precision); cifar100 noisy100: one seed without
+    detection; npz given: the user's own data, no test set and no ground truth (only the number flagged)."""
+    write_run(tmp_path, "cifar10", "worst", 0, 80.0, (0.70, 0.50, 0.60), ranking=(0.90, 0.80))
+    write_run(tmp_path, "cifar10", "worst", 2, 84.0, (0.80, 0.60, 0.70), ranking=(0.94, 0.86))
     write_run(tmp_path, "cifar10", "worst", 1, 82.0)
     write_run(tmp_path, "cifar10", "worst", 3, None, finished=False)
+    write_run(tmp_path, "cifar10", "aggre", 0, 90.0, (0.60, 0.90, 0.72))
     write_run(tmp_path, "cifar100", "noisy100", 0, 60.5)
+    write_run(tmp_path, "npz", "given", 0, None, dict(images=1000, flagged=42))
     return tmp_path
 
 
@@ -52,8 +61,9 @@ def test_mean_ci95_hand_computed():
 def test_collect(results):
     notes = []
     rows = collect(str(results), notes)
-    assert [(r["dataset"], r["noise_type"]) for r in rows] == [("cifar10", "worst"), ("cifar100", "noisy100")]
-    c10, c100 = rows
+    assert [(r["dataset"], r["noise_type"]) for r in rows] == [("cifar10", "aggre"), ("cifar10", "worst"),
+                                                               ("cifar100", "noisy100"), ("npz", "given")]
+    aggre, c10, c100, own = rows
     assert c10["n_seeds"] == 3 and c10["seeds"] == [0, 1, 2]  # the unfinished seed 3 is skipped ...
     assert len(notes) == 1 and "cifar10_worst_seed_3" in notes[0] and "not finished" in notes[0]  # ... with a note
     assert c10["test_accuracy_mean"] == pytest.approx(82.0)
@@ -62,14 +72,28 @@ def test_collect(results):
     assert c10["n_detection"] == 2
     assert c10["precision_mean"] == pytest.approx(0.75) and c10["recall_mean"] == pytest.approx(0.55)
     assert c10["f1_mean"] == pytest.approx(0.65) and c10["f1_ci95"] == pytest.approx(0.6353, abs=1e-4)
+    # t(0.975, 1) = 12.7062 times std / sqrt(2), which is half the difference of two values
+    assert c10["auroc_mean"] == pytest.approx(0.92) and c10["auroc_ci95"] == pytest.approx(12.7062 * 0.02, abs=1e-4)
+    assert c10["average_precision_mean"] == pytest.approx(0.83)
+    assert c10["average_precision_ci95"] == pytest.approx(12.7062 * 0.03, abs=1e-4)
+    # An older run: P/R/F1 but no AUROC or average precision.
+    assert aggre["n_detection"] == 1 and aggre["f1_mean"] == pytest.approx(0.72) and math.isnan(aggre["auroc_mean"])
+    # No test set and no ground truth: a detection (it flagged labels) without any score.
+    assert own["n_detection"] == 1 and math.isnan(own["test_accuracy_mean"])
+    assert all(math.isnan(own[f"{k}_mean"]) for k in ("precision", "recall", "f1", "auroc", "average_precision"))
     assert c100["n_seeds"] == 1 and c100["seeds"] == [0] and c100["test_accuracy_mean"] == 60.5
     assert math.isnan(c100["test_accuracy_ci95"])
     assert c100["n_detection"] == 0 and math.isnan(c100["f1_mean"])
 
 
+GOOD_ARGS = '"args": {"dataset": "cifar10", "noise_type": "worst", "seed": 0}, "finished": true'
+
+
 @pytest.mark.parametrize("content, what", [("{not json", "not a readable JSON file"),
                                            ('{"finished": true}', "missing or malformed field"),
-                                           ("[1, 2]", "missing or malformed field")])
+                                           ("[1, 2]", "missing or malformed field"),
+                                           ('{%s, "detection": {"auroc": "high"}}' % GOOD_ARGS, "malformed"),
+                                           ('{%s, "final_test_accuracy": "x"}' % GOOD_ARGS, "malformed")])
 def test_collect_bad_file(tmp_path, content, what):
     (tmp_path / "cifar10_worst_seed_0").mkdir()
     bad = tmp_path / "cifar10_worst_seed_0" / "metrics.json"
@@ -80,19 +104,39 @@ def test_collect_bad_file(tmp_path, content, what):
     assert str(bad) in str(e.value) and what in str(e.value) and "\n" not in str(e.value)
 
 
+def test_undefined_numbers_count_as_missing(tmp_path):
+    """A label set without a single noisy label has no AUROC or average precision (null in metrics.json)."""
+    write_run(tmp_path, "cifar10", "clean", 0, 91.0, dict(flagged=3, truly_noisy=0, precision=0.0, recall=0.0,
+                                                          f1=0.0, auroc=None, average_precision=None))
+    (row,) = collect(str(tmp_path))
+    assert row["n_detection"] == 1 and row["f1_mean"] == 0.0
+    assert math.isnan(row["auroc_mean"]) and math.isnan(row["average_precision_mean"])
+
+
 def test_write_summary(results):
     markdown = write_summary(collect(str(results)), str(results))
     assert (results / "summary.md").read_text() == markdown
     table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert table[2] == "| cifar10 | worst | 0, 1, 2 | 82.00 ± 4.97 | 2 | 0.7500 ± 0.6353 | 0.5500 ± 0.6353 | 0.6500 ± 0.6353 |"
-    assert table[3] == "| cifar100 | noisy100 | 0 | 60.50 | 0 | – | – | – |"  # one seed: no ±; no detection: –
+    assert table[0] == ("| dataset | noise type | seeds | test accuracy (%) | runs with detection | precision | recall "
+                        "| F1 | AUROC | average precision |")
+    assert table[1] == "|" + " --- |" * 10
+    assert table[2] == "| cifar10 | aggre | 0 | 90.00 | 1 | 0.6000 | 0.9000 | 0.7200 | – | – |"  # an older run
+    assert table[3] == ("| cifar10 | worst | 0, 1, 2 | 82.00 ± 4.97 | 2 | 0.7500 ± 0.6353 | 0.5500 ± 0.6353 "
+                        "| 0.6500 ± 0.6353 | 0.9200 ± 0.2541 | 0.8300 ± 0.3812 |")
+    # one seed: no ±; no detection: –
+    assert table[4] == "| cifar100 | noisy100 | 0 | 60.50 | 0 | – | – | – | – | – |"
+    assert table[5] == "| npz | given | 0 | – | 1 | – | – | – | – | – |"  # no test set, no ground truth
     with open(results / "summary.csv", newline="") as f:
         lines = list(csv.DictReader(f))
-    assert len(lines) == 2
-    assert lines[0]["seeds"] == "0 1 2" and lines[0]["n_seeds"] == "3" and lines[0]["n_detection"] == "2"
-    assert lines[0]["test_accuracy_mean"] == "82.0000" and lines[0]["test_accuracy_ci95"] == "4.9683"
-    assert lines[0]["precision_mean"] == "0.7500" and lines[0]["f1_ci95"] == "0.6353"
-    assert lines[1]["test_accuracy_ci95"] == "" and lines[1]["f1_mean"] == ""  # no value: empty field
+    assert len(lines) == 4
+    assert list(lines[0])[-4:] == ["auroc_mean", "auroc_ci95", "average_precision_mean", "average_precision_ci95"]
+    worst = lines[1]
+    assert worst["seeds"] == "0 1 2" and worst["n_seeds"] == "3" and worst["n_detection"] == "2"
+    assert worst["test_accuracy_mean"] == "82.0000" and worst["test_accuracy_ci95"] == "4.9683"
+    assert worst["precision_mean"] == "0.7500" and worst["f1_ci95"] == "0.6353"
+    assert worst["auroc_mean"] == "0.9200" and worst["average_precision_ci95"] == "0.3812"
+    assert lines[2]["test_accuracy_ci95"] == "" and lines[2]["f1_mean"] == ""  # no value: empty field
+    assert lines[0]["auroc_mean"] == "" and lines[3]["test_accuracy_mean"] == ""
     assert not [p for p in os.listdir(results) if p.startswith(".tmp")]  # no temporary file left behind
 
 
@@ -104,7 +148,7 @@ def summarize(*args):
 def test_cli(results):
     r = summarize("--results_dir", str(results))
     assert r.returncode == 0, r.stderr
-    assert "| cifar10 | worst | 0, 1, 2 | 82.00 ± 4.97 |" in r.stdout
+    assert "| cifar10 | worst | 0, 1, 2 | 82.00 ± 4.97 |" in r.stdout and "| AUROC | average precision |" in r.stdout
     assert r.stdout == (results / "summary.md").read_text()
     assert (results / "summary.csv").is_file()
     assert "cifar10_worst_seed_3" in r.stderr  # the note on the skipped run

@@ -1,5 +1,6 @@
-"""Seed summaries: mean and 95 % confidence interval of test accuracy and detection precision/recall/F1 over the
-seeds of each (dataset, noise type), read from the runs' metrics.json. No torch here, so summarize.py is instant."""
+"""Seed summaries: mean and 95 % confidence interval of test accuracy and of the detection numbers (precision, recall,
+F1, AUROC, average precision) over the seeds of each (dataset, noise type), read from the runs' metrics.json.
+No torch here, so summarize.py is instant."""
 import csv
 import glob
 import io
@@ -12,7 +13,8 @@ from scipy import stats
 
 from utils import atomic_write
 
-DETECTION_KEYS = ("precision", "recall", "f1")
+DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "average_precision")
+DETECTION_HEADERS = ("precision", "recall", "F1", "AUROC", "average precision")
 CSV_COLUMNS = ["dataset", "noise_type", "n_seeds", "seeds", "test_accuracy_mean", "test_accuracy_ci95",
                "n_detection"] + [f"{k}_{s}" for k in DETECTION_KEYS for s in ("mean", "ci95")]
 
@@ -43,10 +45,14 @@ def _read_run(path):
         args, finished = m["args"], bool(m["finished"])
         run = dict(dataset=str(args["dataset"]), noise_type=str(args["noise_type"]), seed=int(args["seed"]),
                    finished=finished, detection=m.get("detection"))
-        # An unfinished run has no final accuracy yet; only a finished one must have a number here.
-        run["test_accuracy"] = float(m["final_test_accuracy"]) if finished else None
+        # None: an unfinished run, or a data set without a test set (then the key may be missing too)
+        accuracy = m.get("final_test_accuracy")
+        run["test_accuracy"] = None if accuracy is None else float(accuracy)
         if run["detection"] is not None:
-            run["detection"] = {k: float(run["detection"][k]) for k in DETECTION_KEYS}
+            # Only the numbers this run has: none without ground truth, no AUROC / AP from older versions;
+            # None where a number is undefined (no truly noisy label).
+            run["detection"] = {k: float(v) for k, v in run["detection"].items()
+                                if k in DETECTION_KEYS and v is not None}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SummaryError(f"{path}: not a BKD metrics.json (missing or malformed field: "
                            f"{type(e).__name__}: {e})") from None
@@ -67,12 +73,13 @@ def collect(results_dir, notes=None):
     rows = []
     for (dataset, noise_type), runs in sorted(groups.items()):
         row = dict(dataset=dataset, noise_type=noise_type, n_seeds=len(runs), seeds=sorted(r["seed"] for r in runs))
-        row["test_accuracy_mean"], row["test_accuracy_ci95"] = mean_ci95([r["test_accuracy"] for r in runs])
-        # Runs without a tipping epoch have no detection; their P/R/F1 are averaged over the others only.
+        row["test_accuracy_mean"], row["test_accuracy_ci95"] = mean_ci95(
+            [r["test_accuracy"] for r in runs if r["test_accuracy"] is not None])
+        # Runs without a tipping epoch have no detection; each number is averaged over the runs that have it.
         detected = [r["detection"] for r in runs if r["detection"] is not None]
         row["n_detection"] = len(detected)
         for k in DETECTION_KEYS:
-            row[f"{k}_mean"], row[f"{k}_ci95"] = mean_ci95([d[k] for d in detected])
+            row[f"{k}_mean"], row[f"{k}_ci95"] = mean_ci95([d[k] for d in detected if k in d])
         rows.append(row)
     return rows
 
@@ -93,8 +100,8 @@ def _pm(mean, half, decimals):
 
 
 def to_markdown(rows):
-    lines = ["| dataset | noise type | seeds | test accuracy (%) | runs with detection | precision | recall | F1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    header = ["dataset", "noise type", "seeds", "test accuracy (%)", "runs with detection", *DETECTION_HEADERS]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         cells = [r["dataset"], r["noise_type"], ", ".join(map(str, r["seeds"])),
                  _pm(r["test_accuracy_mean"], r["test_accuracy_ci95"], 2), str(r["n_detection"])]

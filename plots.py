@@ -1,0 +1,67 @@
+"""Draw the pictures of a BKD run into its run directory: the student confidence per epoch, the detection scores
+and their split, the precision-recall curve of the scores (when the ground truth is known) and the most suspicious
+training images. Needs matplotlib (pip install matplotlib); takes the flags of the other scripts."""
+import json
+import os
+
+import numpy as np
+
+from data import load_dataset
+from utils import InputError
+from utils.cli import get_args_parser, run_dir, run_main
+from utils.label_issues import in_dataset_order, load_detection, load_scores, read_label_issues
+from utils.plots import (confidence_figure, precision_recall_figure, pyplot, save_figure, scores_figure,
+                         suspicious_figure)
+
+
+def load_metrics(out_dir):
+    """metrics.json of the run; one clear InputError when it is missing or unreadable."""
+    path = os.path.join(out_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise InputError(f"no {path}: train first with blind_knowledge_dist_training.py and the same --dataset, "
+                         f"--noise_type, --seed and --results_dir")
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("confidence"), list):
+        raise InputError(f"{path}: not a BKD metrics.json (no per-epoch student confidence)")
+    tipping = metrics.get("tipping_epoch")
+    if tipping is not None and not (isinstance(tipping, int) and 0 <= tipping < len(metrics["confidence"])):
+        raise InputError(f"{path}: tipping_epoch {tipping!r} is not one of its {len(metrics['confidence'])} epochs")
+    return metrics
+
+
+def main(args):
+    plt = pyplot()  # first: without matplotlib, one line and nothing written
+    out_dir = run_dir(args)
+    metrics = load_metrics(out_dir)
+    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
+    n = len(data.noisy_labels)
+    flagged = load_detection(os.path.join(out_dir, "detection.npy"), n)
+    scores = load_scores(os.path.join(out_dir, "detection_scores.npy"), n)
+    table = read_label_issues(os.path.join(out_dir, "label_issues.csv"), n)
+    if not np.array_equal(in_dataset_order(table, "given_label"), data.noisy_labels):
+        raise InputError(f"{out_dir}/label_issues.csv: its given labels are not this run's labels")
+    truly_noisy = data.noise_or_not
+    tipping, found = metrics.get("tipping_epoch"), metrics.get("tipping_found_epoch")
+    if found is None and tipping is not None:  # runs of older versions: the search finds it 2 epochs later
+        found = tipping + 2
+
+    figures = {"confidence.png": confidence_figure(plt, metrics["confidence"], tipping, found, metrics.get("test")),
+               "scores_histogram.png": scores_figure(plt, scores, metrics.get("detection_split"), flagged,
+                                                     truly_noisy)}
+    if truly_noisy is not None:
+        figures["precision_recall.png"] = precision_recall_figure(plt, scores, flagged, truly_noisy)
+    figures["suspicious_images.png"] = suspicious_figure(plt, data.train_images, table, truly_noisy)
+    for name, fig in figures.items():
+        path = os.path.join(out_dir, name)
+        save_figure(plt, fig, path)
+        print(f"written: {path}")
+    if truly_noisy is None:
+        print("no precision_recall.png: the ground truth of these labels is unknown")
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser(__doc__.splitlines()[0]))

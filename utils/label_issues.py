@@ -1,0 +1,132 @@
+"""A run's detection outputs: label_issues.csv (one row per training image, ranked from most to least suspicious,
+with the label BKD suggests), written by the training script at the split, and the readers that detection.py and
+plots.py share for it, detection.npy and detection_scores.npy. numpy only (no torch)."""
+import csv
+import io
+import os
+
+import numpy as np
+
+from utils import InputError, atomic_write
+
+COLUMNS = ("index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
+           "agreement_given", "agreement_suggested", "group", "flagged")
+
+
+def suspicion_order(agreement_given):
+    """Dataset indices from most to least suspicious: ascending agreement on the given label, ties by index."""
+    return np.argsort(np.asarray(agreement_given), kind="stable")
+
+
+def _names(labels, class_names):
+    """Class name of each label, or empty strings where the data set has no class names."""
+    if class_names is None:
+        return [""] * len(labels)
+    return np.asarray(class_names, dtype=object)[labels].tolist()
+
+
+def write_label_issues(path, given, suggested, agreement_given, agreement_suggested, groups, flagged,
+                       class_names=None, files=None):
+    """Write the table to `path` atomically. Arrays are length N in dataset order; `groups` (1..4) is None when the
+    detection split was impossible, `class_names` and `files` are None where the data set has none (empty cells).
+    Agreements are written with 6 significant digits."""
+    given, suggested = np.asarray(given, dtype=np.int64), np.asarray(suggested, dtype=np.int64)
+    agreement_given = np.asarray(agreement_given, dtype=np.float64)
+    agreement_suggested = np.asarray(agreement_suggested, dtype=np.float64)
+    flagged = np.asarray(flagged, dtype=bool)
+    n = len(given)
+    arrays = dict(suggested=suggested, agreement_given=agreement_given, agreement_suggested=agreement_suggested,
+                  flagged=flagged, groups=groups, files=files)
+    for name, a in arrays.items():
+        if a is not None and len(a) != n:
+            raise ValueError(f"write_label_issues: {name} has {len(a)} entries, given has {n}")
+    order = suspicion_order(agreement_given)
+    g, s = given[order], suggested[order]
+    columns = [order.tolist(),
+               [""] * n if files is None else [files[i] for i in order],
+               g.tolist(), _names(g, class_names), s.tolist(), _names(s, class_names),
+               np.char.mod("%.6g", agreement_given[order]).tolist(),
+               np.char.mod("%.6g", agreement_suggested[order]).tolist(),
+               [""] * n if groups is None else np.asarray(groups, dtype=np.int64)[order].tolist(),
+               np.where(flagged[order], "True", "False").tolist()]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(zip(*columns))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+
+
+def read_label_issues(path, n):
+    """The table at `path` as a dict of numpy arrays in the file's order (most suspicious first): index,
+    given_label, suggested_label (int), agreement_given, agreement_suggested (float), flagged (bool), plus the
+    text columns file, given_class, suggested_class, group (lists of str). Checks it has N rows, each index once."""
+    if not os.path.isfile(path):
+        raise _not_split(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = tuple(next(reader, ()))
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
+    if header != COLUMNS:
+        raise InputError(f"{path}: expected the columns {', '.join(COLUMNS)}; got {', '.join(header) or 'none'}")
+    if len(rows) != n or any(len(r) != len(COLUMNS) for r in rows):
+        raise InputError(f"{path}: expected {n} rows of {len(COLUMNS)} cells (one per training image), "
+                         f"got {len(rows)} rows; the file does not belong to this data set")
+    cells = dict(zip(COLUMNS, zip(*rows))) if rows else {c: () for c in COLUMNS}
+    try:
+        table = dict(index=np.array(cells["index"], dtype=np.int64),
+                     given_label=np.array(cells["given_label"], dtype=np.int64),
+                     suggested_label=np.array(cells["suggested_label"], dtype=np.int64),
+                     agreement_given=np.array(cells["agreement_given"], dtype=np.float64),
+                     agreement_suggested=np.array(cells["agreement_suggested"], dtype=np.float64),
+                     flagged=np.array([v == "True" for v in cells["flagged"]], dtype=bool),
+                     file=list(cells["file"]), given_class=list(cells["given_class"]),
+                     suggested_class=list(cells["suggested_class"]), group=list(cells["group"]))
+    except ValueError as e:
+        raise InputError(f"{path}: a cell is not a number ({e})") from None
+    if not np.array_equal(np.sort(table["index"]), np.arange(n)):
+        raise InputError(f"{path}: the index column must hold every image index 0..{n - 1} exactly once")
+    return table
+
+
+def in_dataset_order(table, column):
+    """A numpy column of the table rearranged into dataset order (entry i = image i)."""
+    out = np.empty_like(table[column])
+    out[table["index"]] = table[column]
+    return out
+
+
+def _not_split(path):
+    return InputError(f"no {path}: the run in {os.path.dirname(path)} has not split yet (no tipping epoch found, or "
+                      f"not trained); run blind_knowledge_dist_training.py with the same --dataset, --noise_type and "
+                      f"--seed, and enough epochs")
+
+
+def _load_npy(path, n, dtype_ok, what):
+    """A 1-D .npy file of n entries whose dtype passes dtype_ok; one clear InputError otherwise."""
+    if not os.path.isfile(path):
+        raise _not_split(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"{path} is not a readable .npy file ({type(e).__name__}: {e})") from None
+    if not dtype_ok(array.dtype) or array.shape != (n,):
+        raise InputError(f"{path}: expected {what} of shape ({n},) (one per training image), "
+                         f"got {array.dtype} of shape {array.shape}")
+    return array
+
+
+def load_detection(path, n):
+    """detection.npy: True where the label is believed wrong."""
+    return _load_npy(path, n, lambda t: t == np.bool_, "a boolean array")
+
+
+def load_scores(path, n):
+    """detection_scores.npy: the agreement on each given label (low = suspicious), as float64."""
+    scores = _load_npy(path, n, lambda t: np.issubdtype(t, np.floating), "a float array").astype(np.float64)
+    if not np.all((scores >= 0) & (scores <= 1)):
+        raise InputError(f"{path}: detection scores must lie in [0, 1] (they are agreements), "
+                         f"got min {np.nanmin(scores)}, max {np.nanmax(scores)}")
+    return scores
