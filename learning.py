@@ -1,7 +1,8 @@
 """Clean test accuracy of a BKD run: load its teacher and student and predict with their agreement.
 
 By default the final networks (teacher.pth.tar / student.pth.tar, what the reference evaluates); with
---checkpoint best, the pair that scored highest on noisy-label validation (best_*.pth.tar).
+--checkpoint best, the pair that scored highest on noisy-label validation (best_*.pth.tar). A data set without a
+test set (a folder without test/, an .npz without test_images) has nothing to evaluate: it says so and exits 0.
 """
 import torch
 
@@ -17,7 +18,11 @@ def main(args):
     precision = resolve_precision(args.precision, device)
     out_dir = run_dir(args)
     prefix = "best_" if args.checkpoint == "best" else ""
-    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)
+    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
+    if data.test_images is None:  # only your own data sets can lack one
+        hint = "a test/ folder beside train/" if args.dataset == "folder" else "test_images and test_labels to the file"
+        print(f"{args.data_dir} has no test set: no test accuracy to report (add {hint} to get one)")
+        return
     networks, epochs = [], []
     for role in ("teacher", "student"):
         model, checkpoint = load_network(f"{out_dir}/{prefix}{role}.pth.tar", args.arch, data.num_classes)

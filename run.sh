@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce BKD runs: train (blind_knowledge_dist_training.py), evaluate (learning.py), score detection (detection.py),
-# then summarise the seeds (summarize.py). Each run's logs go to
-# results/<dataset>_<noise>_seed_<seed>/{training,learning,detection}.log.
+# draw the run's pictures (plots.py, when matplotlib is installed), then summarise the seeds (summarize.py). Each
+# run's logs go to results/<dataset>_<noise>_seed_<seed>/{training,learning,detection,plots}.log.
 #
 #   bash run.sh                                    # the reference run: CIFAR-10N aggre, worst, rand1, seed 0
 #   DATASET=cifar100 bash run.sh                   # CIFAR-100N noisy100
@@ -9,8 +9,11 @@
 #   DATASET=all SEEDS="1 2 3" GPUS="0 1 2 3" bash run.sh          # CIFAR-10N and -100N, 12 runs on 4 GPUs
 #   DRY_RUN=1 GPUS="0 1" bash run.sh               # print every job's GPU and commands, run nothing
 #   DATASET=synthetic bash run.sh                  # offline demo on CPU, a few minutes
+#   DATASET=folder RESULTS_DIR=results/pets bash run.sh --data_dir ~/pets       # your image folder (train/<class>/...)
+#   DATASET=npz SEEDS="0 1 2" bash run.sh --data_dir ~/pets.npz                 # your arrays (train_images, ...)
 #
-# Settings: DATASET (cifar10 | cifar100 | synthetic | all = cifar10 and cifar100 with their default noise types),
+# Settings: DATASET (cifar10 | cifar100 | synthetic | folder | npz | all = cifar10 and cifar100 with their default
+# noise types; folder and npz have the one noise type "given" and need --data_dir among the arguments),
 # NOISE_TYPES (or NOISE_TYPE; single dataset only), SEEDS (or SEED), RESULTS_DIR (default results),
 # PYTHON (default python), GPUS (e.g. "0 1 2 3": run jobs concurrently, each with CUDA_VISIBLE_DEVICES set to
 # its GPU; unset = one job after another), JOBS_PER_GPU (default 1), DRY_RUN (1 = print, run nothing).
@@ -29,6 +32,7 @@ default_noise() {
   case "$1" in
     cifar10|synthetic) echo "aggre worst rand1" ;;
     cifar100) echo "noisy100" ;;
+    folder|npz) echo "given" ;;
   esac
 }
 demo_flags() {  # the synthetic demo's short schedule, one flag a line
@@ -37,9 +41,15 @@ demo_flags() {  # the synthetic demo's short schedule, one flag a line
 
 case "$DATASET" in
   cifar10|cifar100|synthetic) datasets=$DATASET ;;
+  folder|npz) datasets=$DATASET  # where your data is cannot be guessed
+       if [[ " $* " != *" --data_dir "* && " $* " != *" --data_dir="* ]]; then
+         what=$([ "$DATASET" = folder ] && echo "DIR (the folder holding train/<class name>/<images>)" || echo FILE.npz)
+         echo "run.sh: DATASET=$DATASET needs --data_dir $what among the arguments, e.g. DATASET=$DATASET bash run.sh --data_dir $what" >&2
+         exit 2
+       fi ;;
   all) datasets="cifar10 cifar100"
        [ -n "${NOISE_TYPES:-${NOISE_TYPE:-}}" ] && echo "run.sh: DATASET=all uses each dataset's default noise types; NOISE_TYPES is ignored" >&2 ;;
-  *) echo "run.sh: unknown DATASET '$DATASET' (choose from cifar10, cifar100, synthetic, all)" >&2; exit 2 ;;
+  *) echo "run.sh: unknown DATASET '$DATASET' (choose from cifar10, cifar100, synthetic, folder, npz, all)" >&2; exit 2 ;;
 esac
 if ! [[ "$JOBS_PER_GPU" =~ ^[1-9][0-9]*$ ]]; then
   echo "run.sh: JOBS_PER_GPU must be a positive integer, got '$JOBS_PER_GPU'" >&2; exit 2
@@ -73,8 +83,21 @@ job_setup() {
   flags=(--dataset "$dataset" --noise_type "$noise" --seed "$seed" --results_dir "$RESULTS_DIR" "${demo[@]}" "${extra_args[@]}")
 }
 
-# One job: train, evaluate, score; logs into its run directory. The exit status says what failed, bit by bit
-# (1 training, 2 learning.py, 4 detection.py), since a background job can only report through its status.
+# plots.py needs matplotlib, which the three scripts do not: without it the runs go on without pictures.
+"$PYTHON" -c "import matplotlib" > /dev/null 2>&1 && PLOTS=1 || PLOTS=0
+steps="blind_knowledge_dist_training:training learning:learning detection:detection"
+[ "$PLOTS" = 1 ] && steps+=" plots:plots"
+
+# The line of a log that says how the run went: the first line matching the first pattern that matches at all, else
+# the last line (a run without a test set says so there, as does a script that failed).
+result_line() {  # result_line <log> <pattern>...
+  local log=$1 pattern; shift
+  for pattern in "$@"; do grep -h -m 1 -e "$pattern" "$log" 2>/dev/null && return; done
+  tail -n 1 "$log" 2>/dev/null
+}
+
+# One job: train, evaluate, score, draw; logs into its run directory. The exit status says what failed, bit by bit
+# (1 training, 2 learning.py, 4 detection.py, 8 plots.py), since a background job can only report through its status.
 run_job() {
   local name="$1 $2 seed $3" gpu=$4 status=0
   job_setup "$1" "$2" "$3"
@@ -89,21 +112,24 @@ run_job() {
   fi
   "$PYTHON" learning.py "${flags[@]}" > "$dir/learning.log" 2>&1 || status=$((status | 2))
   "$PYTHON" detection.py "${flags[@]}" > "$dir/detection.log" 2>&1 || status=$((status | 4))
-  echo "  $name: $(grep -h '^test accuracy' "$dir/learning.log")  $(grep -h '^The f-score' "$dir/detection.log")"
+  if [ "$PLOTS" = 1 ]; then "$PYTHON" plots.py "${flags[@]}" > "$dir/plots.log" 2>&1 || status=$((status | 8)); fi
+  echo "  $name: $(result_line "$dir/learning.log" '^test accuracy')  $(result_line "$dir/detection.log" '^The f-score' '^flagged as noisy')"
   return $status
 }
 
 failed=()
 record() {  # record <job name> <exit status of run_job>
-  if (( $2 > 7 )); then failed+=("$1 (killed, status $2)"); return 0; fi
+  if (( $2 > 15 )); then failed+=("$1 (killed, status $2)"); return 0; fi
   (( $2 & 1 )) && failed+=("$1")
   (( $2 & 2 )) && failed+=("$1 (learning.py)")
   (( $2 & 4 )) && failed+=("$1 (detection.py)")
+  (( $2 & 8 )) && failed+=("$1 (plots.py)")
   return 0
 }
 job_name() { set -- $1; echo "$1 $2 seed $3"; }
 
 extra_args=("$@")
+[ "$PLOTS" = 0 ] && echo "run.sh: no pictures: matplotlib is not installed for $PYTHON (pip install matplotlib gives them)"
 if [ "$DRY_RUN" = 1 ]; then
   # Job i goes to slot i mod (number of slots): the order the scheduler below fills them in when jobs take
   # equally long. Commands are shell-quoted, so they can be pasted as they are.
@@ -112,7 +138,7 @@ if [ "$DRY_RUN" = 1 ]; then
     job_setup ${grid[$i]}
     where=${gpu:+GPU $gpu}
     echo "job $((i + 1))/${#grid[@]} $(job_name "${grid[$i]}"): slot $slot, ${where:-one job after another}"
-    for step in blind_knowledge_dist_training:training learning:learning detection:detection; do
+    for step in $steps; do
       echo "  ${gpu:+CUDA_VISIBLE_DEVICES=$gpu }$(printf '%q ' "$PYTHON" "${step%%:*}.py" "${flags[@]}")> $(printf '%q' "$dir/${step##*:}.log") 2>&1"
     done
   done
@@ -122,7 +148,8 @@ fi
 if [ -z "$GPUS" ]; then
   for job in "${grid[@]}"; do
     run_job $job ""
-    record "$(job_name "$job")" $?
+    status=$?  # before the $(...) below, which would reset $?
+    record "$(job_name "$job")" $status
   done
 else
   # A slot holds the pid of its running job (unset = free); pid_job maps a pid back to its job and slot.

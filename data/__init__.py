@@ -1,4 +1,6 @@
-"""Datasets: images, noisy and clean labels, the validation split, and per-dataset preprocessing constants."""
+"""Datasets: images, noisy and clean labels, the validation split, and per-dataset preprocessing constants. CIFAR-10N,
+CIFAR-100N and the built-in synthetic set have fixed ones; your own data (an image folder, an .npz file) brings its
+own labels, size and classes, and its constants are computed from its training images."""
 from dataclasses import dataclass
 from typing import Optional
 
@@ -6,13 +8,18 @@ import numpy as np
 
 from utils import InputError
 
-DATASETS = ("cifar10", "cifar100", "synthetic")
+DATASETS = ("cifar10", "cifar100", "synthetic", "folder", "npz")
+OWN_DATA = ("folder", "npz")  # the user's own data: the labels as given, sizes and constants from the data
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
 CIFAR10_NOISE = {"clean": "clean_label", "aggre": "aggre_label", "worst": "worse_label",
                  "rand1": "random_label1", "rand2": "random_label2", "rand3": "random_label3"}
 NOISE_TYPES = {"cifar10": CIFAR10_NOISE, "synthetic": CIFAR10_NOISE,
-               "cifar100": {"clean100": "clean_label", "noisy100": "noisy_label"}}
-DEFAULT_NOISE_TYPE = {"cifar10": "worst", "synthetic": "worst", "cifar100": "noisy100"}
+               "cifar100": {"clean100": "clean_label", "noisy100": "noisy_label"},
+               "folder": {"given": "train_labels"}, "npz": {"given": "train_labels"}}
+DEFAULT_NOISE_TYPE = {"cifar10": "worst", "synthetic": "worst", "cifar100": "noisy100", "folder": "given",
+                      "npz": "given"}
+DEFAULT_IMAGE_SIZE = 32  # CIFAR's, and what folders are resized to unless --image_size says otherwise
+MIN_IMAGE_SIZE = 8  # the padding of the random crop is an eighth of the size; the networks downsample 8x
 MEAN_STD = {  # per-channel, of pixels scaled to [0, 1]
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "synthetic": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -26,27 +33,38 @@ AUGMENT = {"cifar10": ("reflect", True), "synthetic": ("reflect", True), "cifar1
 class Dataset:
     name: str
     num_classes: int
-    train_images: np.ndarray  # uint8 (N, 32, 32, 3), dataset order
+    train_images: np.ndarray  # uint8 (N, S, S, 3), dataset order
     noisy_labels: np.ndarray  # int64 (N,), the labels training sees
     clean_labels: Optional[np.ndarray]  # int64 (N,), ground truth, used only for reporting; None = unknown
     test_images: Optional[np.ndarray]  # None = no test set
     test_labels: Optional[np.ndarray]
     class_names: Optional[tuple] = None  # name of each class index, where the data set has them
     train_files: Optional[list] = None  # file of each training image, where the data set has files
+    mean_std: Optional[tuple] = None  # ((mean per channel), (std per channel)) of pixels in [0, 1]; None = computed
+    augment: tuple = ("reflect", True)  # (padding mode, flip before crop) of the training augmentation: CIFAR-10's
 
-    @property
-    def mean_std(self):
-        return MEAN_STD[self.name]
-
-    @property
-    def augment(self):
-        """(padding mode, flip before crop)."""
-        return AUGMENT[self.name]
+    def __post_init__(self):
+        if self.mean_std is None:
+            self.mean_std = image_mean_std(self.train_images)
 
     @property
     def noise_or_not(self):
         """True where the given label is wrong; None when the ground truth is unknown."""
         return None if self.clean_labels is None else self.noisy_labels != self.clean_labels
+
+
+def image_mean_std(images, max_images=10_000):
+    """Per-channel mean and std of uint8 (N, H, W, 3) images scaled to [0, 1], from a 256-bin histogram per channel
+    of at most max_images evenly spaced images (all of them below that; 10,000 pin the constants to about 1e-3)."""
+    sample = images[::max(1, len(images) // max_images)].reshape(-1, 3)
+    values = np.arange(256) / 255.0
+    mean, std = [], []
+    for c in range(3):
+        counts = np.bincount(sample[:, c], minlength=256)
+        m = counts @ values / counts.sum()
+        mean.append(float(m))
+        std.append(float(np.sqrt(counts @ (values - m) ** 2 / counts.sum())))
+    return tuple(mean), tuple(std)
 
 
 def validate_labels(labels, noise_key, train_labels, num_classes, source):
@@ -69,8 +87,17 @@ def validate_labels(labels, noise_key, train_labels, num_classes, source):
     return np.asarray(labels[noise_key], dtype=np.int64)
 
 
-def load_dataset(name, noise_type, data_dir, noise_path=None, download=True):
-    """Images and labels of a dataset with the noisy labels of `noise_type` (see NOISE_TYPES)."""
+def load_dataset(name, noise_type, data_dir, noise_path=None, download=True, image_size=None):
+    """Images and labels of a dataset with the noisy labels of `noise_type` (see NOISE_TYPES).
+
+    folder and npz are the user's own data (`data_dir` is the folder or the .npz file); `image_size` is the side
+    a folder's images are resized to (default 32) and, when given, the side an .npz file's images must have."""
+    if name == "folder":
+        from .folder import load_folder
+        return load_folder(data_dir, image_size or DEFAULT_IMAGE_SIZE)
+    if name == "npz":
+        from .arrays import load_npz
+        return load_npz(data_dir, image_size)
     noise_key = NOISE_TYPES[name][noise_type]
     if name == "synthetic":
         from .synthetic import make_synthetic
@@ -86,7 +113,8 @@ def load_dataset(name, noise_type, data_dir, noise_path=None, download=True):
         labels, source, class_names = load_label_file(path), path, CIFAR[name]["classes"]
     noisy = validate_labels(labels, noise_key, train_labels, NUM_CLASSES[name], source)
     return Dataset(name, NUM_CLASSES[name], train_images, noisy, train_labels.astype(np.int64),
-                   test_images, test_labels.astype(np.int64), class_names=tuple(class_names))
+                   test_images, test_labels.astype(np.int64), class_names=tuple(class_names),
+                   mean_std=MEAN_STD[name], augment=AUGMENT[name])
 
 
 def split_indices(n, val_ratio, seed):

@@ -1,43 +1,56 @@
-"""Batches made on the training device: the uint8 images live there once, padded by 4 pixels; every batch is
-gathered, randomly cropped and flipped per image, and normalised with a few batched tensor ops. No PIL, no
-DataLoader workers, no per-image Python. Batches carry each sample's position in its split."""
+"""Batches made on the training device: the uint8 images live there once, padded by an eighth of their size
+(4 pixels for CIFAR's 32); every batch is gathered, randomly cropped and flipped per image, and normalised with a
+few batched tensor ops. No PIL, no DataLoader workers, no per-image Python. Batches carry each sample's position
+in its split. The image size is read off the arrays, so any square size works with the same calls."""
 import numpy as np
 import torch
 
-PAD = 4
-SIZE = 32
+
+def padding(size):
+    """Pixels of padding on each side for the random crop of a size x size image: an eighth (4 at 32)."""
+    return size // 8
+
+
+def unpadded_size(padded_size):
+    """(image size S, padding P) of a padded side T = S + 2P with P = S // 8. With S = 8q + r (r < 8) that is
+    T = 10q + r, so T // 10 = q = P."""
+    pad = padded_size // 10
+    return padded_size - 2 * pad, pad
 
 
 def to_device_images(images, pad_mode, device):
-    """uint8 (N, 32, 32, 3) numpy -> uint8 (N, 3, 40, 40) on device, padded once by 4 pixels.
+    """uint8 (N, S, S, 3) numpy -> uint8 (N, 3, S + 2P, S + 2P) on device, padded once by P = S // 8 pixels
+    (32 -> 40 for CIFAR).
 
     pad_mode "reflect" mirrors without repeating the edge (as torchvision's reflect padding); "constant"
     pads black pixels, as PIL's zero padding does before normalisation."""
-    padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode=pad_mode)
+    pad = padding(images.shape[1])
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=pad_mode)
     return torch.from_numpy(padded).to(device).permute(0, 3, 1, 2).contiguous()
 
 
-def crop_flip_indices(batch, flip_first, generator, device):
-    """Row and column indices (B, 32) into the padded images for one random crop and flip per image.
+def crop_flip_indices(batch, flip_first, generator, device, size=32, pad=4):
+    """Row and column indices (B, size) into the padded images for one random crop and flip per image.
 
     flip_first=True is "flip, then crop" (CIFAR-10), False is "crop, then flip" (CIFAR-100); both flips
     mirror the whole padded image or the crop, so the gather below does either in one step."""
-    dy, dx = torch.randint(0, 2 * PAD + 1, (2, batch, 1), generator=generator, device=device)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, batch, 1), generator=generator, device=device)
     flip = torch.randint(0, 2, (batch, 1), generator=generator, device=device).bool()
-    k = torch.arange(SIZE, device=device)
-    flipped_cols = (SIZE + 2 * PAD - 1 - dx - k) if flip_first else (dx + SIZE - 1 - k)
+    k = torch.arange(size, device=device)
+    flipped_cols = (size + 2 * pad - 1 - dx - k) if flip_first else (dx + size - 1 - k)
     return dy + k, torch.where(flip, flipped_cols, dx + k)
 
 
 class DeviceBatches:
-    """Iterable over one split: yields (images float (B, 3, 32, 32) normalised, labels, positions in the split).
+    """Iterable over one split: yields (images float (B, 3, S, S) normalised, labels, positions in the split).
 
-    images: padded uint8 (N, 3, 40, 40) of the whole set on the device; labels: (N,) on the device;
-    indices: which of the N images form this split, in split order (None = all, in order)."""
+    images: padded uint8 (N, 3, S + 2P, S + 2P) of the whole set on the device (from to_device_images);
+    labels: (N,) on the device; indices: which of the N images form this split, in split order (None = all)."""
 
     def __init__(self, images, labels, indices, mean_std, batch_size, augment=False, flip_first=True,
                  shuffle=False, generator=None, channels_last=False, rank=0, world_size=1):
         self.images, self.labels = images, labels
+        self.size, self.pad = unpadded_size(images.shape[-1])
         device = images.device
         self.indices = (torch.arange(len(images), device=device) if indices is None
                         else torch.as_tensor(indices, dtype=torch.long, device=device))
@@ -55,7 +68,8 @@ class DeviceBatches:
         Crops and flips are drawn for the whole batch on every rank, so the random stream is the same as in
         a single process."""
         if self.augment:
-            rows, cols = crop_flip_indices(len(positions), self.flip_first, self.generator, positions.device)
+            rows, cols = crop_flip_indices(len(positions), self.flip_first, self.generator, positions.device,
+                                           self.size, self.pad)
             rows, cols = rows[self.rank::self.world_size], cols[self.rank::self.world_size]
         positions = positions[self.rank::self.world_size]
         full = self.indices[positions]
@@ -64,7 +78,7 @@ class DeviceBatches:
             x = x[torch.arange(len(full), device=x.device)[:, None, None, None],
                   torch.arange(3, device=x.device)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
         else:
-            x = x[:, :, PAD:PAD + SIZE, PAD:PAD + SIZE]
+            x = x[:, :, self.pad:self.pad + self.size, self.pad:self.pad + self.size]
         x = torch.addcmul(self.shift, x.float(), self.scale)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
-"""ResNet34 for 32x32 inputs, the backbone of the CIFAR-N paper's baselines (post-activation blocks)."""
+"""ResNet34 for CIFAR-sized inputs, the backbone of the CIFAR-N paper's baselines (post-activation blocks); any
+image size of 8 pixels or more (a global average pool ends it)."""
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -9,7 +9,7 @@ import torch
 import data.cifar as cifar
 from data import NOISE_TYPES, load_dataset, split_indices, validate_labels
 from data import safe_pickle
-from data.pipeline import DeviceBatches, to_device_images
+from data.pipeline import DeviceBatches, padding, to_device_images, unpadded_size
 from tests.conftest import SHARED_CIFAR_N, write_pickle
 from utils import InputError
 
@@ -156,7 +156,9 @@ def test_cifar100_noise_types(fake_cifar, tmp_path):
     clean = fake_cifar["labels100"]
     path = str(tmp_path / "labels.pt")
     write_pickle(path, {"clean_label": clean, "noisy_label": (clean + 3) % 100, "clean_coarse_label": [0] * 100})
-    assert load_dataset("cifar100", "noisy100", fake_cifar["dir"], noise_path=path).noise_or_not.all()
+    data = load_dataset("cifar100", "noisy100", fake_cifar["dir"], noise_path=path)
+    assert data.noise_or_not.all()
+    assert data.augment == ("constant", False) and data.mean_std == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 
 
 @pytest.mark.skipif(not os.path.isdir(SHARED_CIFAR_N), reason="the CIFAR-N copies in ../shared are not here")
@@ -204,9 +206,10 @@ def test_synthetic_dataset():
 
 
 # ---------------------------------------------------------------------------- device batches
-def make_batches(n=300, pad_mode="reflect", flip_first=True, augment=True, shuffle=True, seed=0, batch_size=64):
+def make_batches(n=300, pad_mode="reflect", flip_first=True, augment=True, shuffle=True, seed=0, batch_size=64,
+                 size=32):
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     g = torch.Generator().manual_seed(seed)
     padded = to_device_images(images, pad_mode, torch.device("cpu"))
     batches = DeviceBatches(padded, torch.arange(n), None, ((0.0,) * 3, (1 / 255,) * 3), batch_size,
@@ -234,18 +237,22 @@ def test_subset_batches_report_positions_in_the_split():
     assert torch.equal(x[0].round().to(torch.uint8), torch.from_numpy(images[7]).permute(2, 0, 1))
 
 
-def test_crops_lie_inside_the_padded_image_and_differ():
-    images, padded, batches = make_batches(n=256, batch_size=256)
+@pytest.mark.parametrize("size", [32, 20])
+def test_crops_lie_inside_the_padded_image_and_differ(size):
+    images, padded, batches = make_batches(n=256, batch_size=256, size=size)
+    pad = size // 8  # 4 at CIFAR's 32, 2 at 20
+    assert padded.shape == (256, 3, size + 2 * pad, size + 2 * pad)
     x, _, pos = next(iter(batches))
+    assert x.shape == (256, 3, size, size)
     x = x.round().to(torch.uint8)
     offsets = set()
     for i in range(len(pos)):
         full = padded[pos[i]]
-        found = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
-                 if torch.equal(x[i], (full.flip(-1) if flip else full)[:, dy:dy + 32, dx:dx + 32])]
-        assert found, "every crop is a 32x32 window of the (possibly flipped) padded image"
+        found = [(dy, dx, flip) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for flip in (False, True)
+                 if torch.equal(x[i], (full.flip(-1) if flip else full)[:, dy:dy + size, dx:dx + size])]
+        assert found, "every crop is a size x size window of the (possibly flipped) padded image"
         offsets.add(found[0][:2])
-    assert len(offsets) > 30  # offsets are drawn per image
+    assert len(offsets) > 0.8 * (2 * pad + 1) ** 2  # offsets are drawn per image: nearly all of them occur
 
 
 def test_flip_rate_is_about_one_half():
@@ -270,8 +277,10 @@ def test_padding_mode(pad_mode):
 
 
 def test_datasets_use_their_own_padding_and_order():
-    from data import AUGMENT
+    from data import AUGMENT, MEAN_STD
     assert AUGMENT["cifar10"] == ("reflect", True) and AUGMENT["cifar100"] == ("constant", False)
+    data = load_dataset("synthetic", "worst", "/nonexistent")
+    assert data.augment == AUGMENT["synthetic"] and data.mean_std == MEAN_STD["synthetic"]  # constants, not computed
 
 
 def test_flip_first_and_crop_first_index_the_same_window_mirrored():
@@ -286,8 +295,15 @@ def test_flip_first_and_crop_first_index_the_same_window_mirrored():
     assert torch.equal(cols1[~unflipped], (8 - (cols2[~unflipped][:, -1:])) + torch.arange(31, -1, -1))
 
 
-def test_eval_batches_are_the_unaugmented_images_normalised():
-    images, padded, _ = make_batches(n=10)
+def test_padding_is_an_eighth_and_recovered_from_the_padded_size():
+    assert [padding(s) for s in (8, 20, 32, 64, 224)] == [1, 2, 4, 8, 28]
+    for size in range(8, 600):
+        assert unpadded_size(size + 2 * padding(size)) == (size, padding(size))
+
+
+@pytest.mark.parametrize("size", [32, 20])
+def test_eval_batches_are_the_unaugmented_images_normalised(size):
+    images, padded, _ = make_batches(n=10, size=size)
     b = DeviceBatches(padded, torch.zeros(10, dtype=torch.long), None, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), 10)
     x, _, _ = next(iter(b))
     expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25

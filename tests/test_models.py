@@ -52,3 +52,21 @@ def test_every_arch_maps_cifar_images_to_logits(arch, num_classes):
 
 def test_resnet34_size():
     assert sum(p.numel() for p in build_model("resnet34", 10).parameters()) == 21_282_122
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("size", [8, 20, 64])
+def test_every_arch_takes_any_image_size(arch, size):
+    """--image_size: the networks end with a global average pool, so any side of 8 pixels or more works."""
+    model = build_model(arch, 7).eval()
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+
+def test_preresnet18_global_pool_is_the_reference_4x4_pool_at_32():
+    model = build_model("preresnet18", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = torch.relu(model.bn1(model.conv1(x)))
+    features = model.layer4(model.layer3(model.layer2(model.layer1(features))))
+    assert features.shape[-2:] == (4, 4)
+    reference = model.linear(torch.nn.functional.avg_pool2d(features, 4).flatten(1))
+    assert torch.allclose(model(x), reference, atol=1e-6)

@@ -6,11 +6,13 @@ import sys
 
 import torch
 
-from data import DATASETS, DEFAULT_NOISE_TYPE, NOISE_TYPES
+from data import DATASETS, DEFAULT_IMAGE_SIZE, DEFAULT_NOISE_TYPE, MIN_IMAGE_SIZE, NOISE_TYPES, OWN_DATA
 from models import ARCHS
 from utils import InputError, RunError
 
-DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic": "small_cnn"}
+DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic": "small_cnn",
+                "folder": "preresnet18", "npz": "preresnet18"}
+CIFAR_DATA_DIR = "~/data"  # the reference's
 ALL_NOISE_TYPES = sorted({n for types in NOISE_TYPES.values() for n in types})
 
 
@@ -24,13 +26,23 @@ def get_args_parser(description):
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", choices=DATASETS,
-                   help="cifar10 / cifar100 with CIFAR-N labels, or synthetic (built in, offline, for demos and tests)")
+                   help="cifar10 / cifar100 with CIFAR-N labels; synthetic (built in, offline, for demos and tests); "
+                        "your own data: folder (--data_dir DIR with DIR/train/<class name>/<images>, optionally "
+                        "DIR/test/...) or npz (--data_dir FILE.npz with train_images, train_labels, ...)")
     g.add_argument("--noise_type", default=None, choices=ALL_NOISE_TYPES,
                    help="label set: clean, aggre, worst, rand1, rand2, rand3 (cifar10, synthetic); "
-                        "clean100, noisy100 (cifar100). Default: worst, or noisy100 for cifar100")
+                        "clean100, noisy100 (cifar100); given (folder, npz: the labels as they are). "
+                        "Default: worst, noisy100 for cifar100, given for folder and npz")
     g.add_argument("--noise_path", default=None,
-                   help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt); default: downloaded into --data_dir")
-    g.add_argument("--data_dir", default="~/data", help="where CIFAR and CIFAR-N files are found or downloaded")
+                   help="CIFAR-N label file (CIFAR-10_human.pt / CIFAR-100_human.pt); default: downloaded into "
+                        "--data_dir. CIFAR only")
+    g.add_argument("--data_dir", default=None,
+                   help=f"cifar10 / cifar100: where CIFAR and CIFAR-N files are found or downloaded (default "
+                        f"{CIFAR_DATA_DIR}); folder: the image folder; npz: the .npz file (required for both)")
+    g.add_argument("--image_size", type=int, default=None,
+                   help=f"side of the square images the networks see. folder: images are resized to it (default "
+                        f"{DEFAULT_IMAGE_SIZE}); npz: the stored size (when given, it must match); CIFAR and "
+                        f"synthetic: 32. At least {MIN_IMAGE_SIZE}; device memory grows with its square")
     g.add_argument("--val_ratio", type=float, default=0.1,
                    help="fraction of the training set held out (with noisy labels) to choose the best networks; "
                         "0 = the challenge setting, no validation set")
@@ -95,7 +107,7 @@ def check_args(parser, args):
     args.arch = args.arch or DEFAULT_ARCH[args.dataset]
     if args.resume and args.overwrite:
         parser.error("arguments --resume and --overwrite: choose one")
-    args.data_dir = os.path.expanduser(args.data_dir)
+    check_data_args(parser, args)
     if not 0 <= args.val_ratio < 1:
         parser.error(f"argument --val_ratio: must be in [0, 1), got {args.val_ratio}")
     if args.eval_batch_size is None:
@@ -112,6 +124,27 @@ def check_args(parser, args):
         if not 0 <= getattr(args, f"alpha{i}") <= 1:
             parser.error(f"argument --alpha{i}: must be in [0, 1], got {getattr(args, f'alpha{i}')}")
     return args
+
+
+def check_data_args(parser, args):
+    """--data_dir, --noise_path and --image_size for the chosen dataset (see their help)."""
+    own = args.dataset in OWN_DATA
+    if own and args.data_dir is None:
+        what = "DIR (the folder holding train/<class name>/<images>)" if args.dataset == "folder" else "FILE.npz"
+        parser.error(f"argument --data_dir: --dataset {args.dataset} needs --data_dir {what}")
+    if own and args.noise_path is not None:
+        parser.error(f"argument --noise_path: CIFAR-N label files are for cifar10 / cifar100; with --dataset "
+                     f"{args.dataset} the labels come from the data" +
+                     (" (true labels, if known, as clean_labels in the .npz)" if args.dataset == "npz" else ""))
+    args.data_dir = os.path.expanduser(args.data_dir or CIFAR_DATA_DIR)
+    if args.image_size is not None:
+        if args.image_size < MIN_IMAGE_SIZE:
+            parser.error(f"argument --image_size: must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
+        if not own and args.image_size != DEFAULT_IMAGE_SIZE:
+            parser.error(f"argument --image_size: {args.dataset} images are {DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE}; "
+                         f"--image_size is for --dataset folder and npz")
+    elif args.dataset != "npz":  # npz: None = the stored size
+        args.image_size = DEFAULT_IMAGE_SIZE
 
 
 def run_dir(args):
