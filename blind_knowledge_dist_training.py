@@ -21,12 +21,15 @@ from data import load_dataset, split_indices
 from data.pipeline import DeviceBatches, to_device_images
 from models import build_model
 from utils import InputError, RunError
-from utils.bkd import DegenerateSplit, agreement, assign_groups, find_tipping_epoch, otsu_split, precision_recall_f1
+from utils.bkd import DegenerateSplit, assign_groups, find_tipping_epoch, otsu_split
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
                               save_json, save_npy, save_state)
 from utils.cli import get_args_parser, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
-from utils.engine import accuracy, agreement_pass, make_optimizer, resolve_precision, seed_everything, train_step
+from utils.engine import accuracy, agreement_pass, make_optimizer, resolve_precision, seed_everything, synchronize
+from utils.label_issues import write_label_issues
+from utils.metrics import detection_report
+from utils.step import TrainStep
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
 
@@ -59,7 +62,6 @@ def main(args):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic  # autotuned kernels may differ between runs
         torch.backends.cudnn.deterministic = args.deterministic
-        torch.set_float32_matmul_precision("high")  # TF32 in fp32 mode
     out_dir = run_dir(args)
     state, finished = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked
     if finished:  # --resume of a finished run (killed after it finished, a requeued job): nothing to do
@@ -72,7 +74,7 @@ def main(args):
     log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision}, "
         f"results in {out_dir}")
 
-    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path)
+    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
     try:  # fail now, not after hours of training, when the results cannot be written
         os.makedirs(out_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()
@@ -93,11 +95,14 @@ def main(args):
                    else DeviceBatches(images, labels, train_idx, batch_size=args.eval_batch_size, augment=True, **common))
     # The full-set pass for detection goes through the training augmentation, as in the reference.
     full_batches = DeviceBatches(images, labels, None, batch_size=args.eval_batch_size, augment=True, **common)
-    test_batches = DeviceBatches(to_device_images(data.test_images, pad_mode, device),
-                                 torch.as_tensor(data.test_labels, device=device), None,
-                                 batch_size=args.eval_batch_size, **common)
+    test_batches = None if data.test_images is None else DeviceBatches(
+        to_device_images(data.test_images, pad_mode, device), torch.as_tensor(data.test_labels, device=device), None,
+        batch_size=args.eval_batch_size, **common)
+    truly_noisy = data.noise_or_not  # ground truth, for reporting only; None where unknown (users' own data)
     log(f"{args.dataset} {args.noise_type}: {len(train_idx)} training, {len(val_idx)} validation, "
-        f"{len(data.test_labels)} test images; noise rate {data.noise_or_not.mean() * 100:.2f} %")
+        f"{0 if test_batches is None else len(data.test_labels)} test images; "
+        + ("noise rate unknown (no clean labels)" if truly_noisy is None else
+           f"noise rate {truly_noisy.mean() * 100:.2f} %"))
 
     teacher = build_model(args.arch, data.num_classes).to(device)
     student = build_model(args.arch, data.num_classes).to(device)
@@ -112,30 +117,42 @@ def main(args):
     if world > 1:  # gradients averaged over ranks; each rank's loss is the mean over its share of the global batch
         ids = [device.index] if device.type == "cuda" else None
         run_teacher, run_student = (DistributedDataParallel(m, device_ids=ids) for m in (eval_teacher, eval_student))
+    # One training step: eager, or on CUDA captured once as a CUDA graph and replayed (after any --resume restore,
+    # since it captures during the first steps of the loop). DDP stays eager.
+    use_graph = args.cuda_graph and device.type == "cuda" and world == 1
+    if args.cuda_graph and not use_graph:
+        log("--cuda_graph is ignored " + ("under torchrun: the DDP step stays eager" if world > 1 else
+                                          "on this device (CUDA only): the step runs eagerly"))
+    step = TrainStep(run_teacher, run_student, optimizer, precision, args.batch_size, cuda_graph=use_graph)
 
     # Per-sample statistics, flat device tensors indexed by position: the agreement on the label recorded during
-    # the last 4 epochs (the tipping epoch is at most 3 epochs old when found) and the matching full-set passes.
+    # the last 4 epochs (the tipping epoch is at most 3 epochs old when found) and the matching full-set passes
+    # (agreement on the label, the label the agreement predicts, and the agreement of that prediction).
     n_train, n_full = len(train_idx), len(data.noisy_labels)
     train_agree = torch.zeros(4, n_train, device=device)
     full_agree = torch.zeros(4, n_full, device=device)
+    full_pred = torch.zeros(4, n_full, dtype=torch.long, device=device)
+    full_pred_agree = torch.zeros(4, n_full, device=device)
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
-    metrics = dict(args=vars(args), device=str(device), precision=precision, confidence=[], tipping_epoch=None,
-                   train_split=None, detection_split=None, group_sizes=None, detection=None, val=[], test=[],
-                   best_val_accuracy=None, best_epoch=None, final_test_accuracy=None, warnings=[], finished=False)
+    metrics = dict(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph, confidence=[],
+                   tipping_epoch=None, tipping_found_epoch=None, train_split=None, detection_split=None,
+                   group_sizes=None, detection=None, val=[], test=[], best_val_accuracy=None, best_epoch=None,
+                   final_test_accuracy=None, warnings=[], finished=False)
     start_epoch, resume_epoch = 0, None
     if state is not None:
         teacher.load_state_dict(state["teacher"])
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        train_agree.copy_(state["train_agree"])
-        full_agree.copy_(state["full_agree"])
+        for name, tensor in dict(train_agree=train_agree, full_agree=full_agree, full_pred=full_pred,
+                                 full_pred_agree=full_pred_agree).items():
+            tensor.copy_(state[name])
         groups.copy_(state["groups"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
-        metrics["args"] = vars(args)
+        metrics.update(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph)
         start_epoch = state["epoch"] + 1
         resume_epoch = state.get("epoch_in_progress")  # set when stopped by a signal in the middle of an epoch
         log(f"resuming from {out_dir}/{STATE_FILE}: epoch {start_epoch}"
@@ -145,8 +162,8 @@ def main(args):
     def training_state(epoch_done, epoch_in_progress=None):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
                     student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    train_agree=train_agree, full_agree=full_agree, groups=groups, rng=rng_states(generator),
-                    metrics=metrics)
+                    train_agree=train_agree, full_agree=full_agree, full_pred=full_pred,
+                    full_pred_agree=full_pred_agree, groups=groups, rng=rng_states(generator), metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -171,10 +188,9 @@ def main(args):
                        initial=first_iter, file=sys.stderr, disable=None if MAIN_PROCESS else True, leave=False)
         for it, (x, y, pos) in enumerate(batches, start=first_iter):
             # alpha of the sample's group: 0 (one-hot label) before the split, alpha1..alpha4 after it
-            loss, loss_ce, loss_c, t, s = train_step(run_teacher, run_student, optimizer, x, y,
-                                                     alpha_of_group[groups[pos]], precision)
-            train_agree[slot, pos] = agreement(t, s).gather(1, y[:, None]).squeeze(1)
-            confidence_sum += torch.softmax(s, dim=1).max(dim=1).values.sum()
+            loss, loss_ce, loss_c, agree_on_label, confidence = step(x, y, alpha_of_group[groups[pos]])
+            train_agree[slot, pos] = agree_on_label
+            confidence_sum += confidence
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), it, first_bad)  # no host sync
             if (it + 1) % args.print_freq == 0 or it + 1 == n_iter:
                 check_finite(first_bad, epoch, out_dir)
@@ -190,50 +206,50 @@ def main(args):
         scheduler.step()
         all_reduce(train_agree[slot])
         confidence = all_reduce(confidence_sum).item() / n_train
-        metrics["confidence"].append(confidence)
-        log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s")
+        metrics["confidence"].append(confidence)  # .item() above waited for the epoch's training steps
+        train_seconds = time.time() - t_epoch
 
         # ------------------------------------------------------------ tipping point, split, detection
         sync_buffers(teacher, student)  # every rank evaluates rank 0's networks
-        if metrics["tipping_epoch"] is None:
-            full_agree[slot] = agreement_pass(eval_teacher, eval_student, full_batches, precision)[0]
-            tipping = find_tipping_epoch(metrics["confidence"])
-            if tipping is not None:
-                metrics["tipping_epoch"] = tipping
-                log(f"overfitting epoch: {tipping}")
-                agreements = train_agree[tipping % 4].cpu().numpy()  # recorded during the tipping epoch
-                try:
-                    split = otsu_split(agreements)
-                    log_split("training split", split)
-                    groups = torch.as_tensor(assign_groups(agreements, split), device=device)
-                    metrics["train_split"] = dict(zip(SPLIT_NAMES, split))
-                    metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
-                    log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))
-                    if not same_on_all_ranks(torch.cat([groups, torch.tensor([tipping], device=device)])):
-                        raise RunError("ranks disagree on the tipping epoch or the groups; please report this")
-                    if world > 1:
-                        log(f"all {world} ranks agree on the tipping epoch and the groups")
-                except DegenerateSplit as e:
-                    metrics["warnings"].append(f"training split impossible, plain one-hot training continues: {e}")
-                    log(f"WARNING: {metrics['warnings'][-1]}")
-                scores = full_agree[tipping % 4].cpu().numpy()
-                try:
-                    split = otsu_split(scores)
-                    log_split("detection split", split)
-                    metrics["detection_split"] = dict(zip(SPLIT_NAMES, split))
-                    flagged = assign_groups(scores, split) == 4
-                except DegenerateSplit as e:
-                    metrics["warnings"].append(f"detection split impossible, nothing flagged: {e}")
-                    log(f"WARNING: {metrics['warnings'][-1]}")
-                    flagged = np.zeros(n_full, dtype=bool)
-                if MAIN_PROCESS:
-                    save_npy(f"{out_dir}/detection.npy", flagged)
-                    save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
-                p, r, f1 = precision_recall_f1(flagged, data.noise_or_not)
-                metrics["detection"] = dict(flagged=int(flagged.sum()), truly_noisy=int(data.noise_or_not.sum()),
-                                            precision=p, recall=r, f1=f1)
-                log(f"flagged {flagged.sum()} of {n_full} labels as noisy (precision {p:.4f}, recall {r:.4f}, "
-                    f"F1 {f1:.4f} against the ground truth, for reporting only)")
+        tipping = None if metrics["tipping_epoch"] is not None else find_tipping_epoch(metrics["confidence"])
+        if metrics["tipping_epoch"] is None and tipping is None:  # the pass of this epoch may become the tipping one
+            full_agree[slot], full_pred[slot], full_pred_agree[slot] = agreement_pass(
+                eval_teacher, eval_student, full_batches, precision)
+            synchronize(device)  # for the epoch's timing only
+        log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s "
+            f"(training {train_seconds:.1f} s)")
+        if tipping is not None:  # at least 2 epochs old, so this epoch's full-set pass is never needed
+            metrics["tipping_epoch"], metrics["tipping_found_epoch"] = tipping, epoch
+            log(f"overfitting epoch: {tipping}")
+            agreements = train_agree[tipping % 4].cpu().numpy()  # recorded during the tipping epoch
+            split = otsu_or_warn(agreements, "train_split", "plain one-hot training continues", metrics)
+            if split is not None:
+                groups = torch.as_tensor(assign_groups(agreements, split), device=device)
+                metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
+                log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))
+                if not same_on_all_ranks(torch.cat([groups, torch.tensor([tipping], device=device)])):
+                    raise RunError("ranks disagree on the tipping epoch or the groups; please report this")
+                if world > 1:
+                    log(f"all {world} ranks agree on the tipping epoch and the groups")
+            # Detection: the same split of the full-set pass after the tipping epoch; its lowest group is flagged.
+            scores, suggested, suggested_agree = (a[tipping % 4].cpu().numpy()
+                                                  for a in (full_agree, full_pred, full_pred_agree))
+            split = otsu_or_warn(scores, "detection_split", "nothing flagged", metrics)
+            full_groups = None if split is None else assign_groups(scores, split)
+            flagged = np.zeros(n_full, dtype=bool) if split is None else full_groups == 4
+            if MAIN_PROCESS:
+                save_npy(f"{out_dir}/detection.npy", flagged)
+                save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
+                write_label_issues(f"{out_dir}/label_issues.csv", data.noisy_labels, suggested, scores,
+                                   suggested_agree, full_groups, flagged, data.class_names, data.train_files)
+            if truly_noisy is None:
+                metrics["detection"] = dict(flagged=int(flagged.sum()))
+                log(f"flagged {flagged.sum()} of {n_full} labels as noisy (no clean labels to score them against)")
+            else:
+                metrics["detection"] = d = detection_report(flagged, scores, truly_noisy, suggested, data.clean_labels)
+                auroc = "undefined" if d["auroc"] is None else f"{d['auroc']:.4f}"  # None: no label is wrong
+                log(f"flagged {flagged.sum()} of {n_full} labels as noisy (precision {d['precision']:.4f}, recall "
+                    f"{d['recall']:.4f}, F1 {d['f1']:.4f}, AUROC {auroc} against the ground truth, for reporting only)")
 
         # ------------------------------------------------------------ evaluation
         last = epoch == args.n_epoch - 1
@@ -248,7 +264,7 @@ def main(args):
                     save_checkpoint(f"{out_dir}/best_teacher.pth.tar", teacher, epoch, args.arch)
                     save_checkpoint(f"{out_dir}/best_student.pth.tar", student, epoch, args.arch)
                 log(f"saved best networks (epoch {epoch})")
-        if epoch % args.clean_test_freq == 0 or last:
+        if test_batches is not None and (epoch % args.clean_test_freq == 0 or last):
             test_acc = accuracy(eval_teacher, eval_student, test_batches, precision)
             metrics["test"].append(dict(epoch=epoch, accuracy=test_acc))
             log(f"clean test accuracy: {test_acc:.2f} % (epoch {epoch})")
@@ -260,7 +276,7 @@ def main(args):
                            f"same command and --resume", exit_code=128 + (stop_signal or [signal.SIGTERM])[0])
 
     # ------------------------------------------------------------------ report
-    metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"]
+    metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"] if metrics["test"] else None  # None: no test set
     metrics["wall_time_s"] = metrics.get("wall_time_s", 0.0) + time.time() - t0  # summed over resumed parts
     metrics["finished"] = True
     if MAIN_PROCESS:
@@ -268,19 +284,35 @@ def main(args):
         save_checkpoint(f"{out_dir}/student.pth.tar", student, args.n_epoch - 1, args.arch)
         save_json(f"{out_dir}/metrics.json", metrics)
         os.remove(f"{out_dir}/{STATE_FILE}")  # the finished run needs no state; metrics.json says it is finished
-    log(f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1}); "
-        f"best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
+    test = ("no test set" if metrics["final_test_accuracy"] is None else
+            f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1})")
+    log(f"{test}; best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
     if metrics["tipping_epoch"] is None:
         log(f"WARNING: no tipping epoch found in {args.n_epoch} epochs: training stayed one-hot and detection.npy "
             f"was not written; train for more epochs (the reference uses 300)")
     else:
         d = metrics["detection"]
-        log(f"tipping epoch {metrics['tipping_epoch']}; flagged {d['flagged']} labels: precision {d['precision']:.4f}, "
-            f"recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
+        log(f"tipping epoch {metrics['tipping_epoch']}; flagged {d['flagged']} labels"
+            + ("" if "f1" not in d else f": precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
+            + f"; the ranked table is {out_dir}/label_issues.csv")
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
     log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
     destroy()
+
+
+def otsu_or_warn(values, key, consequence, metrics):
+    """The modified Otsu split of values, logged and kept as metrics[key]; None, with a warning, when no threshold
+    separates the values (the reference crashes there)."""
+    try:
+        split = otsu_split(values)
+    except DegenerateSplit as e:
+        metrics["warnings"].append(f"{key.replace('_', ' ')} impossible, {consequence}: {e}")
+        log(f"WARNING: {metrics['warnings'][-1]}")
+        return None
+    log_split(key.replace("train_", "training ").replace("_", " "), split)
+    metrics[key] = dict(zip(SPLIT_NAMES, split))
+    return split
 
 
 def check_finite(first_bad, epoch, out_dir):

@@ -14,11 +14,20 @@ SYNTHETIC_SCHEDULE = ["--n_epoch", SYNTHETIC_EPOCHS, "--lr", 0.1, "--lr_decay_ev
 N_SYNTHETIC = 4000
 
 
-def run(script, *args, cwd=ROOT, launcher=(), offline=False):
-    """Run a script of the repository as a user would: a subprocess, from the repository root. offline=True
-    points downloads at a closed local port, so they fail at once as on a machine without network."""
-    threads = "1" if launcher else os.environ.get("OMP_NUM_THREADS", "2")  # torchrun: one thread per process
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=threads)
+def script_env(threads=None, cuda=False):
+    """The environment of a script run by a test. The scripts use CUDA whenever they see it, but most tests check
+    CPU properties (byte-identical reruns, gloo ranks, timings of a few seconds): those hide the GPUs, so the suite
+    means the same on a GPU workstation as in CI. The CUDA tier (tests/test_cuda.py) passes cuda=True."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=threads or os.environ.get("OMP_NUM_THREADS", "2"))
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def run(script, *args, cwd=ROOT, launcher=(), offline=False, cuda=False):
+    """Run a script of the repository as a user would: a subprocess, from the repository root, on the CPU unless
+    cuda=True. offline=True points downloads at a closed local port, so they fail at once as without network."""
+    env = script_env("1" if launcher else None, cuda)  # torchrun: one thread per process
     if offline:
         env.update(http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", no_proxy="")
     return subprocess.run([*launcher, *([] if launcher else [sys.executable]), os.path.join(ROOT, script),
@@ -66,3 +75,15 @@ def synthetic_run(tmp_path_factory):
     return dict(dir=results / "synthetic_worst_seed_0", flags=flags, train=train,
                 learning=run("learning.py", *flags), learning_best=run("learning.py", *flags, "--checkpoint", "best"),
                 detection=run("detection.py", *flags))
+
+
+@pytest.fixture
+def fake_run(fake_cifar, tmp_path):
+    """A small-CNN run on 100 fake CIFAR-10 images: a few seconds, and its tipping epoch is found."""
+    clean = fake_cifar["labels10"]
+    write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": np.where(np.arange(100) % 3 == 0,
+                                                                                         (clean + 1) % 10, clean)})
+    flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"],
+             "--noise_path", tmp_path / "labels.pt", "--n_epoch", 40, "--batch_size", 16, "--print_freq", 1000,
+             "--noisy_val_freq", 3, "--clean_test_freq", 5]
+    return dict(flags=flags, tmp=tmp_path)

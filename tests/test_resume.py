@@ -13,35 +13,24 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, run, write_pickle
+from tests.conftest import ROOT, run, script_env, write_pickle
 
-OUTPUTS = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar", "detection.npy")
-
-
-@pytest.fixture
-def fake_run(fake_cifar, tmp_path):
-    """A small-CNN run on 100 fake CIFAR-10 images: a few seconds, and its tipping epoch is found."""
-    clean = fake_cifar["labels10"]
-    write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": np.where(np.arange(100) % 3 == 0,
-                                                                                         (clean + 1) % 10, clean)})
-    flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"],
-             "--noise_path", tmp_path / "labels.pt", "--n_epoch", 40, "--batch_size", 16, "--print_freq", 1000,
-             "--noisy_val_freq", 3, "--clean_test_freq", 5]
-    return dict(flags=flags, tmp=tmp_path)
+OUTPUTS = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar", "detection.npy",
+           "detection_scores.npy", "label_issues.csv")
 
 
 def outputs(run_dir):
     return {name: (run_dir / name).read_bytes() for name in OUTPUTS}
 
 
-def train(flags, results, *extra):
-    result = run("blind_knowledge_dist_training.py", *flags, "--results_dir", results, *extra)
+def train(flags, results, *extra, cuda=False):
+    result = run("blind_knowledge_dist_training.py", *flags, "--results_dir", results, *extra, cuda=cuda)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
 
-def start(flags, results, *extra):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+def start(flags, results, *extra, cuda=False):
+    env = script_env(cuda=cuda)
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "blind_knowledge_dist_training.py"),
                              *map(str, flags), "--results_dir", str(results), *map(str, extra)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -56,23 +45,44 @@ def test_same_seed_twice_gives_identical_outputs(fake_run):
     assert not (a / "state.pth.tar").exists()  # a finished run keeps no state
 
 
-def test_killed_at_random_moments_and_resumed_gives_identical_outputs(fake_run):
-    flags = [*fake_run["flags"], "--n_epoch", 80]
+def wait_for(path, process, timeout=120):
+    """Seconds until path exists (the process still running), polling."""
     t0 = time.time()
-    train(flags, fake_run["tmp"] / "reference")
-    duration = time.time() - t0
-    expected = outputs(fake_run["tmp"] / "reference" / "cifar10_worst_seed_0")
+    while not path.exists():
+        assert process.poll() is None and time.time() - t0 < timeout, f"no {path.name} while the run lasted"
+        time.sleep(0.02)
+    return time.time() - t0
+
+
+def kill_and_resume(flags, tmp, kills=3, cuda=False):
+    """Run once uninterrupted; then `kills` times: start, SIGKILL at a random moment after the first saved state
+    (before it, --resume starts from scratch and would prove nothing), --resume. Every resumed run must end with the
+    uninterrupted run's outputs, byte for byte."""
+    run_dir = "cifar10_worst_seed_0"
+    reference = start(flags, tmp / "reference", cuda=cuda)
+    first_state = wait_for(tmp / "reference" / run_dir / "state.pth.tar", reference)
+    t0 = time.time()
+    out, err = reference.communicate()
+    assert reference.returncode == 0, out[-2000:] + err[-2000:]
+    remaining = time.time() - t0  # from the first saved state to the end
+    expected = outputs(tmp / "reference" / run_dir)
     rng = random.Random(0)
-    for i, delay in enumerate(sorted(rng.uniform(0.3, 0.9) * duration for _ in range(3))):  # startup to last epochs
-        results = fake_run["tmp"] / f"killed{i}"
-        process = start(flags, results)
+    for i, delay in enumerate(sorted(rng.uniform(0.05, 0.5) * remaining for _ in range(kills))):
+        results = tmp / f"killed{i}"
+        process = start(flags, results, cuda=cuda)
+        wait_for(results / run_dir / "state.pth.tar", process, timeout=10 * first_state + 60)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.communicate()
         assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
-        resumed = train(flags, results, "--resume")
-        assert outputs(results / "cifar10_worst_seed_0") == expected, (delay, resumed.stdout[-1500:])
-        assert not list((results / "cifar10_worst_seed_0").glob(".*.tmp"))  # no temporary file left behind
+        resumed = train(flags, results, "--resume", cuda=cuda)
+        assert "resuming from" in resumed.stdout
+        assert outputs(results / run_dir) == expected, (delay, resumed.stdout[-1500:])
+        assert not list((results / run_dir).glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_killed_at_random_moments_and_resumed_gives_identical_outputs(fake_run):
+    kill_and_resume([*fake_run["flags"], "--n_epoch", 80], fake_run["tmp"])
 
 
 def test_sigint_saves_state_and_resume_finishes_identically(fake_run):

@@ -22,8 +22,9 @@ def assert_clean_error(result, *fragments):
 
 def test_training_writes_every_output(synthetic_run):
     d = synthetic_run["dir"]
-    assert sorted(os.listdir(d)) == ["best_student.pth.tar", "best_teacher.pth.tar", "detection.npy",
-                                     "detection_scores.npy", "metrics.json", "student.pth.tar", "teacher.pth.tar"]
+    assert sorted(os.listdir(d)) == ["best_student.pth.tar", "best_teacher.pth.tar", "detection.json",
+                                     "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json",
+                                     "student.pth.tar", "teacher.pth.tar"]  # detection.json: by detection.py
     flagged = np.load(d / "detection.npy", allow_pickle=False)
     assert flagged.dtype == np.bool_ and flagged.shape == (N_SYNTHETIC,)
     scores = np.load(d / "detection_scores.npy", allow_pickle=False)
@@ -32,6 +33,7 @@ def test_training_writes_every_output(synthetic_run):
     assert m["finished"] and m["args"]["n_epoch"] == SYNTHETIC_EPOCHS
     assert len(m["confidence"]) == SYNTHETIC_EPOCHS
     assert m["tipping_epoch"] is not None and 2 <= m["tipping_epoch"] <= SYNTHETIC_EPOCHS - 3
+    assert m["tipping_found_epoch"] == m["tipping_epoch"] + 2  # searched every epoch: found as soon as it can be
     assert set(m["train_split"]) == {"upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold"}
     assert sum(m["group_sizes"].values()) == N_SYNTHETIC * 0.9
     assert m["detection"]["flagged"] == flagged.sum()
@@ -75,7 +77,7 @@ def test_learning_script_reports_which_networks(synthetic_run):
     m = json.loads((synthetic_run["dir"] / "metrics.json").read_text())
     final, best = synthetic_run["learning"], synthetic_run["learning_best"]
     assert final.returncode == 0 and best.returncode == 0, final.stderr + best.stderr
-    assert f"final networks" in final.stdout and f"teacher epoch {SYNTHETIC_EPOCHS - 1}" in final.stdout
+    assert "final networks" in final.stdout and f"teacher epoch {SYNTHETIC_EPOCHS - 1}" in final.stdout
     assert float(final.stdout.split("test accuracy: ")[1].split(" %")[0]) == pytest.approx(
         m["final_test_accuracy"], abs=0.01)
     assert "best-by-validation networks" in best.stdout and f"teacher epoch {m['best_epoch']}" in best.stdout
@@ -95,9 +97,11 @@ def fake_cifar_run(fake_cifar, tmp_path):
 
 
 def test_cifar_run_checkpoints_load_into_a_fresh_preresnet18(fake_cifar_run):
-    train = run("blind_knowledge_dist_training.py", *fake_cifar_run["flags"], "--n_epoch", 1, "--batch_size", 32)
+    train = run("blind_knowledge_dist_training.py", *fake_cifar_run["flags"], "--n_epoch", 1, "--batch_size", 32,
+                "--cuda_graph")
     assert train.returncode == 0, train.stderr[-2000:]
     assert "no tipping epoch found in 1 epochs" in train.stdout
+    assert "--cuda_graph is ignored on this device (CUDA only): the step runs eagerly" in train.stdout
     for name in ("teacher", "student", "best_teacher", "best_student"):
         checkpoint = torch.load(fake_cifar_run["dir"] / f"{name}.pth.tar", weights_only=True)
         assert set(checkpoint) >= {"state_dict", "epoch"} and checkpoint["epoch"] == 0
@@ -157,3 +161,28 @@ def test_corrupt_checkpoint(tmp_path):
     run_dir.mkdir()
     (run_dir / "teacher.pth.tar").write_bytes(b"garbage")
     assert_clean_error(run("learning.py", "--dataset", "synthetic", "--results_dir", tmp_path), "cannot load")
+
+
+def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tmp_path, monkeypatch):
+    """One full-set pass per epoch before the tipping epoch is found, none in the epoch that finds it (the split
+    uses the pass of the tipping epoch itself, at least two epochs older) and none after."""
+    import blind_knowledge_dist_training as training
+    from utils.cli import check_args, get_args_parser
+    clean = fake_cifar["labels10"]
+    write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 3 // 2) % 10})
+    parser = get_args_parser("")
+    args = check_args(parser, parser.parse_args(list(map(str, [
+        "--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
+        tmp_path / "labels.pt", "--n_epoch", 40, "--batch_size", 16, "--print_freq", 1000, "--device", "cpu",
+        "--results_dir", tmp_path / "results"]))))
+    full_passes, real_pass = [], training.agreement_pass
+
+    def counted_pass(teacher, student, batches, precision):
+        full_passes.append(len(batches.indices))
+        return real_pass(teacher, student, batches, precision)
+    monkeypatch.setattr(training, "agreement_pass", counted_pass)
+    monkeypatch.setattr(training.signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
+    training.main(args)
+    m = json.loads((tmp_path / "results" / "cifar10_worst_seed_0" / "metrics.json").read_text())
+    assert m["tipping_found_epoch"] is not None, "the run must find its tipping epoch for this test to mean anything"
+    assert full_passes == [100] * m["tipping_found_epoch"]  # epochs 0 .. found - 1, the whole training set each

@@ -59,7 +59,12 @@ def load_network(path, arch, num_classes):
 # ---------------------------------------------------------------------------- training state (--resume)
 STATE_FILE = "state.pth.tar"
 OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar",
-                "detection.npy", "detection_scores.npy", "metrics.json", STATE_FILE)
+                "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json", STATE_FILE,
+                # written by detection.py and plots.py from the files above: stale once the run is trained again
+                "detection.json", "confidence.png", "scores_histogram.png", "precision_recall.png",
+                "suspicious_images.png")
+STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_agree", "full_pred",
+              "full_pred_agree", "groups", "rng", "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
 RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
                      "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",
@@ -92,11 +97,16 @@ def save_state(path, state):
 
 def load_state(path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [key for key in STATE_KEYS if key not in state]
     except Exception as e:
         lines = str(e).strip().splitlines()
         raise InputError(f"cannot resume from {path}: {lines[0] if lines else type(e).__name__}; "
                          f"start over with --overwrite") from None
+    if missing:
+        raise InputError(f"cannot resume from {path}: saved by another version of this code (no "
+                         f"{', '.join(missing)}); finish it with that version, or start over with --overwrite")
+    return state
 
 
 def prepare_run_dir(out_dir, args):

@@ -11,7 +11,10 @@ def init_distributed(device_name):
     gloo on CPU). Without torchrun: (0, 1, the requested device)."""
     from utils.engine import get_device
     if "RANK" not in os.environ:
-        return 0, 1, get_device(device_name)
+        device = get_device(device_name)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # streams and CUDA graphs are made on the current device
+        return 0, 1, device
     rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = get_device(device_name)
     if device.type == "cuda":

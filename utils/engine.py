@@ -28,6 +28,12 @@ def seed_everything(seed):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def synchronize(device):
+    """Wait for the device's queued work (a no-op on CPU): only where a wall-clock figure needs it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_precision(precision, device):
     """--precision auto means bf16 on CUDA and fp32 (the reference's numerics) on CPU."""
     return precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -47,41 +53,63 @@ def make_optimizer(networks, args, device):
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, **kernel)
 
 
-def train_step(teacher, student, optimizer, x, y, alphas, precision):
-    """One BKD step on a batch. Returns the loss, its two parts and both networks' logits, all detached fp32
-    device tensors (nothing here waits for the device)."""
+def forward_pair(teacher, student, x, student_stream=None):
+    """Logits of both networks. With a CUDA student_stream the student runs there, concurrently with the teacher
+    (the two are independent until the loss); autograd then runs its backward on that stream too."""
+    if student_stream is None:
+        return teacher(x), student(x)
+    main = torch.cuda.current_stream(x.device)
+    student_stream.wait_stream(main)  # x is ready
+    with torch.cuda.stream(student_stream):
+        s = student(x)
+    t = teacher(x)
+    main.wait_stream(student_stream)
+    return t, s
+
+
+def train_step(teacher, student, optimizer, x, y, alphas, precision, student_stream=None):
+    """One BKD step on a batch: both forwards, both losses, backward, one SGD step for both networks.
+
+    Returns (loss, naive loss, compensation loss, agreement on each sample's label (B,), sum over the batch of the
+    student's highest probability), all detached fp32 device tensors; nothing here waits for the device, so the
+    step can also be captured as a CUDA graph (utils.step.TrainStep)."""
     with autocast(x.device, precision):
-        t, s = teacher(x), student(x)
+        t, s = forward_pair(teacher, student, x, student_stream)
     t, s = t.float(), s.float()
     loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label's class
     loss_ce = soft_cross_entropy(t, robust_targets(y, s, alphas))  # the teacher learns the (softened) label
     loss = loss_ce + loss_c
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=False)  # zeroed in place: a captured step keeps writing into the same tensors
     loss.backward()
     optimizer.step()
-    return loss.detach(), loss_ce.detach(), loss_c.detach(), t.detach(), s.detach()
+    with torch.no_grad():  # the per-sample statistics of the method, from this step's (pre-update) logits
+        agree_on_label = agreement(t, s).gather(1, y[:, None]).squeeze(1)
+        confidence = torch.softmax(s, dim=1).amax(dim=1).sum()
+    return loss.detach(), loss_ce.detach(), loss_c.detach(), agree_on_label, confidence
 
 
 @torch.inference_mode()
 def agreement_pass(teacher, student, batches, precision="fp32"):
     """Both networks in eval mode over every sample of `batches`, in split order: (agreement on the sample's
-    label, 1.0 where the agreement's argmax equals that label), as device tensors. Under torchrun each rank
-    fills its share and the sum over ranks completes both arrays on every rank."""
+    label, the label the agreement predicts (its argmax), the agreement of that prediction), as device tensors.
+    Under torchrun each rank fills its share and the sum over ranks completes the arrays on every rank."""
     teacher.eval()
     student.eval()
     device = batches.indices.device
     n = len(batches.indices)
     agree_on_label = torch.zeros(n, device=device)
-    correct = torch.zeros(n, device=device)
+    predicted = torch.zeros(n, dtype=torch.long, device=device)
+    agree_of_predicted = torch.zeros(n, device=device)
     for x, y, pos in batches:
         with autocast(device, precision):
             t, s = teacher(x), student(x)
         p = agreement(t.float(), s.float())
         agree_on_label[pos] = p.gather(1, y[:, None]).squeeze(1)
-        correct[pos] = (p.argmax(dim=1) == y).float()
-    return all_reduce(agree_on_label), all_reduce(correct)
+        agree_of_predicted[pos], predicted[pos] = p.max(dim=1)
+    return all_reduce(agree_on_label), all_reduce(predicted), all_reduce(agree_of_predicted)
 
 
 def accuracy(teacher, student, batches, precision="fp32"):
     """Percent of samples whose agreement prediction equals their label (one host sync)."""
-    return agreement_pass(teacher, student, batches, precision)[1].mean().item() * 100
+    predicted = agreement_pass(teacher, student, batches, precision)[1]
+    return (predicted == batches.labels[batches.indices]).float().mean().item() * 100

@@ -1,0 +1,129 @@
+"""The CUDA tier: the GPU path, checked on a GPU; every test here is skipped without CUDA. On a GPU machine:
+
+    python -m pytest -q tests/test_cuda.py
+
+The captured step equals the eager one (tight in fp32, within bf16 tolerance), a short real run on CUDA finds its
+tipping point and writes every output, --deterministic runs repeat byte for byte, and a SIGKILL plus --resume with
+--deterministic ends identical to the uninterrupted run.
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model
+from tests.conftest import N_SYNTHETIC, SYNTHETIC_SCHEDULE, run
+from tests.test_resume import kill_and_resume, outputs, train
+from utils.engine import make_optimizer
+from utils.step import TrainStep
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA tier needs a CUDA device")
+
+
+def stepped_pair(cuda_graph, precision, batches, lr_change_at):
+    """A PreResNet18 pair (seed 0) after one TrainStep per batch, the learning rate x0.1 before step lr_change_at:
+    (the step's outputs of every step, copied; the pair; the optimizer; the steps at which it captured; replays)."""
+    torch.manual_seed(0)
+    nets = [build_model("preresnet18", 10).cuda().to(memory_format=torch.channels_last) for _ in range(2)]
+    optimizer = make_optimizer(nets, type("A", (), dict(lr=0.02, momentum=0.9, weight_decay=5e-4)),
+                               torch.device("cuda"))
+    step = TrainStep(*nets, optimizer, precision, batch_size=64, cuda_graph=cuda_graph, warmup=2)
+    outs, captured_at, replays = [], [], []
+    capture = step.capture
+
+    def counted_capture(*batch):  # record at which steps it captures, and at which the graphs replay
+        captured_at.append(len(outs))
+        capture(*batch)
+        replay = step.graph.replay
+        step.graph.replay = lambda: (replays.append(len(outs)), replay())
+    step.capture = counted_capture
+    for i, (x, y, alphas) in enumerate(batches):
+        if i == lr_change_at:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+        outs.append([t.clone() for t in step(x, y, alphas)])  # a replayed step's outputs are overwritten next time
+    torch.cuda.synchronize()
+    return outs, nets, optimizer, captured_at, replays
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", dict(rtol=1e-5, atol=1e-6)),
+                                                  ("bf16", dict(rtol=2e-2, atol=2e-3))])
+def test_captured_step_equals_eager_step(precision, tolerance, monkeypatch):
+    """Warm-up steps, capture, replays, a last partial batch in the middle, and a new capture after the
+    learning-rate change: the same losses, statistics, parameters, BatchNorm statistics and momentum buffers."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # the same kernels in both runs
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sizes = [64, 64, 64, 64, 40, 64, 64, 64, 64, 64]  # warm-up 2, captured from the 3rd, a partial batch
+    batches = [(torch.randn(b, 3, 32, 32, device="cuda", generator=g).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (b,), device="cuda", generator=g),
+                torch.rand(b, device="cuda", generator=g) * (i > 5))  # alphas: one-hot first, soft targets later
+               for i, b in enumerate(sizes)]
+    eager_outs, eager_nets, eager_opt, captured_at, _ = stepped_pair(False, precision, batches, lr_change_at=7)
+    assert captured_at == []
+    graph_outs, graph_nets, graph_opt, captured_at, replays = stepped_pair(True, precision, batches, lr_change_at=7)
+    assert captured_at == [2, 7]  # after 2 warm-up steps, and again for the new learning rate
+    assert replays == [2, 3, 5, 6, 7, 8, 9]  # every full batch from the capture on; the batch of 40 ran eagerly
+    for i, (a, b) in enumerate(zip(eager_outs, graph_outs)):
+        for name, u, v in zip(("loss", "naive loss", "compensation loss", "agreement", "confidence"), a, b):
+            torch.testing.assert_close(v, u, **tolerance, msg=lambda m: f"step {i}, {name}: {m}")
+    for net_a, net_b in zip(eager_nets, graph_nets):
+        for (key, u), v in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+            torch.testing.assert_close(v.float(), u.float(), **tolerance, msg=lambda m: f"{key}: {m}")
+    for p_a, p_b in zip(eager_opt.param_groups[0]["params"], graph_opt.param_groups[0]["params"]):
+        torch.testing.assert_close(graph_opt.state[p_b]["momentum_buffer"], eager_opt.state[p_a]["momentum_buffer"],
+                                   **tolerance)
+
+
+def test_short_cuda_run_finds_the_tipping_point_and_writes_every_output(tmp_path):
+    """The synthetic demo on CUDA with the captured step, next to the eager step: both find their tipping epoch,
+    write every output, and detect about equally well."""
+    results = {}
+    for mode in ("--cuda_graph", "--no-cuda_graph"):
+        out = run("blind_knowledge_dist_training.py", "--dataset", "synthetic", "--results_dir", tmp_path / mode,
+                  *SYNTHETIC_SCHEDULE, "--print_freq", 1000, cuda=True)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "device cuda" in out.stdout
+        d = tmp_path / mode / "synthetic_worst_seed_0"
+        for name in ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar",
+                     "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json"):
+            assert (d / name).is_file(), name
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["tipping_epoch"] is not None and m["cuda_graph"] == (mode == "--cuda_graph")
+        assert np.load(d / "detection.npy").shape == (N_SYNTHETIC,)
+        results[mode] = m
+    # a smoke test of the method on CUDA (bf16, autotuned kernels: the two runs differ in their last bits)
+    f1_graph, f1_eager = (results[mode]["detection"]["f1"] for mode in ("--cuda_graph", "--no-cuda_graph"))
+    assert f1_graph > 0.6 and abs(f1_graph - f1_eager) < 0.1, (f1_graph, f1_eager)
+
+
+# The learning rate decays at epoch 20 of these runs, so the captured step is captured a second time.
+DETERMINISTIC = ["--deterministic", "--lr_decay_every", 20]
+
+
+def test_deterministic_cuda_runs_repeat_byte_for_byte_captured_or_not(fake_run):
+    """Twice captured, once eager: identical bytes. The last also shows that a replayed step computes bit for bit
+    what the eager step does, which --resume relies on (a resumed run warms up eagerly again)."""
+    for name, mode in (("a", "--cuda_graph"), ("b", "--cuda_graph"), ("eager", "--no-cuda_graph")):
+        train([*fake_run["flags"], *DETERMINISTIC, mode], fake_run["tmp"] / name, cuda=True)
+    a, b, eager = (fake_run["tmp"] / d / "cifar10_worst_seed_0" for d in ("a", "b", "eager"))
+    assert json.loads((a / "metrics.json").read_text())["tipping_epoch"] is not None
+    assert outputs(a) == outputs(b)
+    assert outputs(a) == outputs(eager)
+
+
+def test_killed_and_resumed_deterministic_cuda_run_ends_identical(fake_run):
+    kill_and_resume([*fake_run["flags"], "--n_epoch", 80, *DETERMINISTIC, "--cuda_graph"], fake_run["tmp"],
+                    kills=2, cuda=True)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpu_torchrun_agrees(tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    out = run("blind_knowledge_dist_training.py", "--dataset", "synthetic", "--results_dir", tmp_path,
+              *SYNTHETIC_SCHEDULE, "--print_freq", 1000, "--cuda_graph", launcher=launcher, cuda=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "x 2 processes" in out.stdout and "all 2 ranks agree on the tipping epoch and the groups" in out.stdout
+    assert "--cuda_graph is ignored under torchrun: the DDP step stays eager" in out.stdout
