@@ -100,8 +100,7 @@ def load_dataset(name, noise_type, data_dir, noise_path=None, download=True, ima
         return load_npz(data_dir, image_size)
     noise_key = NOISE_TYPES[name][noise_type]
     if name == "synthetic":
-        from .synthetic import make_synthetic
-        from .synthetic import CLASSES
+        from .synthetic import CLASSES, make_synthetic
         d = make_synthetic()
         train_images, train_labels, test_images, test_labels = (
             d["train_images"], d["train_labels"], d["test_images"], d["test_labels"])
