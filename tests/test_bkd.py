@@ -50,7 +50,7 @@ def test_agreement_survives_tiny_probabilities():
 def test_robust_targets_hand_value():
     y = torch.tensor([0, 1])
     s = torch.tensor([[3.0, 3.0], [3.0, 3.0]])  # p_s = (1/2, 1/2)
-    r = robust_targets(y, s, torch.tensor([0.5, 0.0]))
+    r = robust_targets(y, torch.softmax(s, dim=1), torch.tensor([0.5, 0.0]))
     # alpha 0.5: (0.5 * (1, 0) + 0.5 * (0.5, 0.5)) ** 1.5 = (0.75 ** 1.5, 0.25 ** 1.5), normalised
     a, b = 0.75 ** 1.5, 0.25 ** 1.5
     assert torch.allclose(r[0], torch.tensor([a / (a + b), b / (a + b)]))
@@ -61,7 +61,7 @@ def test_robust_targets_reach_the_student_unless_alpha_is_zero():
     y = torch.tensor([1, 2])
     t = torch.randn(2, 4, requires_grad=True)
     s = torch.randn(2, 4, requires_grad=True)
-    soft_cross_entropy(t, robust_targets(y, s, torch.tensor([0.3, 0.0]))).backward()
+    soft_cross_entropy(t, robust_targets(y, torch.softmax(s, dim=1), torch.tensor([0.3, 0.0]))).backward()
     assert torch.any(s.grad[0] != 0)  # p_s is not detached, as in the reference
     assert torch.all(s.grad[1] == 0)
 

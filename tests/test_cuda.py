@@ -2,8 +2,9 @@
 
     python -m pytest -q tests/test_cuda.py
 
-The captured step equals the eager one (tight in fp32, within bf16 tolerance), a short real run on CUDA finds its
-tipping point and writes every output, --deterministic runs repeat byte for byte, and a SIGKILL plus --resume with
+The captured step equals the eager one (tight in fp32, within bf16 tolerance) and its returned outputs stay as they
+were after later replays, a real capture failure keeps its cause, a short real run on CUDA finds its tipping point
+and writes every output, --deterministic runs repeat byte for byte, and a SIGKILL plus --resume with
 --deterministic ends identical to the uninterrupted run.
 """
 import json
@@ -17,14 +18,15 @@ from models import build_model
 from tests.conftest import N_SYNTHETIC, SYNTHETIC_SCHEDULE, run
 from tests.test_resume import kill_and_resume, outputs, train
 from utils.engine import make_optimizer
-from utils.step import TrainStep
+from utils.step import CaptureFailed, TrainStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA tier needs a CUDA device")
 
 
 def stepped_pair(cuda_graph, precision, batches, lr_change_at):
     """A PreResNet18 pair (seed 0) after one TrainStep per batch, the learning rate x0.1 before step lr_change_at:
-    (the step's outputs of every step, copied; the pair; the optimizer; the steps at which it captured; replays)."""
+    (the step's outputs of every step, kept as returned; the pair; the optimizer; the steps at which it captured;
+    replays)."""
     torch.manual_seed(0)
     nets = [build_model("preresnet18", 10).cuda().to(memory_format=torch.channels_last) for _ in range(2)]
     optimizer = make_optimizer(nets, type("A", (), dict(lr=0.02, momentum=0.9, weight_decay=5e-4)),
@@ -43,8 +45,9 @@ def stepped_pair(cuda_graph, precision, batches, lr_change_at):
         if i == lr_change_at:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.1
-        outs.append([t.clone() for t in step(x, y, alphas)])  # a replayed step's outputs are overwritten next time
+        outs.append(step(x, y, alphas))  # not copied: a later replay must not change what a caller kept
     torch.cuda.synchronize()
+    step.check_graph_targets()  # the graph still updates the pair's own tensors
     return outs, nets, optimizer, captured_at, replays
 
 
@@ -127,3 +130,31 @@ def test_two_gpu_torchrun_agrees(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "x 2 processes" in out.stdout and "all 2 ranks agree on the tipping epoch and the groups" in out.stdout
     assert "--cuda_graph is ignored under torchrun: the DDP step stays eager" in out.stdout
+
+
+# Last in this file: a failed capture invalidates the capturing stream; nothing after it in this process uses CUDA.
+def test_a_real_capture_failure_keeps_its_cause(monkeypatch):
+    """A host synchronisation inside the step cannot be captured: the CaptureFailed names that op (first) and
+    torch.cuda.graph's own follow-up error, and says how to continue."""
+    import utils.step
+    real_step = utils.step.train_step
+
+    def step_that_syncs(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if torch.cuda.is_current_stream_capturing():
+            out[0].item()  # waits for the device: not allowed while capturing
+        return out
+    monkeypatch.setattr(utils.step, "train_step", step_that_syncs)
+    torch.manual_seed(0)
+    nets = [build_model("small_cnn", 10).cuda().to(memory_format=torch.channels_last) for _ in range(2)]
+    optimizer = make_optimizer(nets, type("A", (), dict(lr=0.02, momentum=0.9, weight_decay=5e-4)),
+                               torch.device("cuda"))
+    reported = []
+    step = TrainStep(*nets, optimizer, "bf16", batch_size=8, cuda_graph=True, warmup=1, on_capture_failure=reported.append)
+    x = torch.randn(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    y, alphas = torch.randint(0, 10, (8,), device="cuda"), torch.zeros(8, device="cuda")
+    step(x, y, alphas)
+    with pytest.raises(CaptureFailed) as e:
+        step(x, y, alphas)
+    assert reported == [e.value] and "--resume --no-cuda_graph" in str(e.value)
+    assert "step_that_syncs" in e.value.cause and "out[0].item()" in e.value.cause  # the op that broke the capture

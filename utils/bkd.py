@@ -34,15 +34,16 @@ def agreement(teacher_logits, student_logits):
     return torch.softmax(teacher_logits + student_logits, dim=1)
 
 
-def robust_targets(labels, student_logits, alphas):
+def robust_targets(labels, student_probs, alphas):
     """Soft teacher targets r = ((1 - a) * onehot(y) + a * p_s) ** (1 + a), normalised to sum 1.
 
-    `alphas` holds one weight per sample (0 gives the plain one-hot label). p_s is not detached, as in
-    the reference, so the teacher's cross-entropy also reaches the student through these targets."""
-    n_class = student_logits.shape[1]
-    onehot = F.one_hot(labels, n_class).to(student_logits.dtype)
-    a = alphas.to(student_logits.dtype)[:, None]
-    r = ((1 - a) * onehot + a * torch.softmax(student_logits, dim=1)) ** (1 + a)
+    `student_probs` is p_s = softmax(student logits); `alphas` holds one weight per sample (0 gives the plain one-hot
+    label). p_s is not detached, as in the reference, so the teacher's cross-entropy also reaches the student
+    through these targets."""
+    n_class = student_probs.shape[1]
+    onehot = F.one_hot(labels, n_class).to(student_probs.dtype)
+    a = alphas.to(student_probs.dtype)[:, None]
+    r = ((1 - a) * onehot + a * student_probs) ** (1 + a)
     return r / r.sum(dim=1, keepdim=True)
 
 

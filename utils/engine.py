@@ -40,9 +40,13 @@ def resolve_precision(precision, device):
 
 
 def autocast(device, precision):
-    """bf16 autocast on CUDA when asked; a no-op context otherwise (fp32 = the reference's numerics)."""
+    """bf16 autocast when asked; a no-op context otherwise (fp32 = the reference's numerics).
+
+    Without autocast's weight-cast cache: the cache lives until the outermost autocast region closes, so a step
+    called inside an outer region (or captured as a CUDA graph) would keep using the bf16 copies of the weights
+    made before the last update. Each weight is cast once per forward anyway, so the cache saves nothing here."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -67,24 +71,28 @@ def forward_pair(teacher, student, x, student_stream=None):
     return t, s
 
 
-def train_step(teacher, student, optimizer, x, y, alphas, precision, student_stream=None):
+def train_step(teacher, student, optimizer, x, y, alphas, precision, student_stream=None, keep_grad_tensors=False):
     """One BKD step on a batch: both forwards, both losses, backward, one SGD step for both networks.
 
     Returns (loss, naive loss, compensation loss, agreement on each sample's label (B,), sum over the batch of the
     student's highest probability), all detached fp32 device tensors; nothing here waits for the device, so the
-    step can also be captured as a CUDA graph (utils.step.TrainStep)."""
+    step can also be captured as a CUDA graph (utils.step.TrainStep). keep_grad_tensors=True zeroes the gradients
+    in place, as a captured step needs (the graph writes into the same tensors every time); otherwise they are set
+    to None, so backward hands over each fresh gradient instead of adding it to zeros (one kernel less per
+    parameter, the same numbers)."""
     with autocast(x.device, precision):
         t, s = forward_pair(teacher, student, x, student_stream)
     t, s = t.float(), s.float()
+    p_s = torch.softmax(s, dim=1)
     loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label's class
-    loss_ce = soft_cross_entropy(t, robust_targets(y, s, alphas))  # the teacher learns the (softened) label
+    loss_ce = soft_cross_entropy(t, robust_targets(y, p_s, alphas))  # the teacher learns the (softened) label
     loss = loss_ce + loss_c
-    optimizer.zero_grad(set_to_none=False)  # zeroed in place: a captured step keeps writing into the same tensors
+    optimizer.zero_grad(set_to_none=not keep_grad_tensors)
     loss.backward()
     optimizer.step()
     with torch.no_grad():  # the per-sample statistics of the method, from this step's (pre-update) logits
         agree_on_label = agreement(t, s).gather(1, y[:, None]).squeeze(1)
-        confidence = torch.softmax(s, dim=1).amax(dim=1).sum()
+        confidence = p_s.detach().amax(dim=1).sum()
     return loss.detach(), loss_ce.detach(), loss_c.detach(), agree_on_label, confidence
 
 
