@@ -17,19 +17,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data import load_dataset, split_indices
+from data import split_indices
 from data.pipeline import DeviceBatches, to_device_images
 from models import build_model
 from utils import InputError, RunError
 from utils.bkd import DegenerateSplit, assign_groups, find_tipping_epoch, otsu_split
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
                               save_json, save_npy, save_state)
-from utils.cli import get_args_parser, run_dir, run_main
+from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
 from utils.engine import accuracy, agreement_pass, make_optimizer, resolve_precision, seed_everything, synchronize
 from utils.label_issues import write_label_issues
 from utils.metrics import detection_report
-from utils.step import TrainStep
+from utils.step import TrainStep, graph_capturable
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
 
@@ -63,6 +63,11 @@ def main(args):
         torch.backends.cudnn.benchmark = not args.deterministic  # autotuned kernels may differ between runs
         torch.backends.cudnn.deterministic = args.deterministic
     out_dir = run_dir(args)
+    data = load_data(args)  # before the run directory is touched: bad data or fixes leave it as it is
+    # Images dropped by --label_fixes neither train nor validate; every index stays the data set's own.
+    train_idx, val_idx = (idx[data.kept[idx]] for idx in split_indices(len(data.noisy_labels), args.val_ratio, args.seed))
+    if not len(train_idx):
+        raise InputError(f"--label_fixes {args.label_fixes} drops every image of the training split; nothing to train on")
     state, finished = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked
     if finished:  # --resume of a finished run (killed after it finished, a requeued job): nothing to do
         if MAIN_PROCESS and os.path.exists(f"{out_dir}/{STATE_FILE}"):
@@ -73,14 +78,11 @@ def main(args):
     log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision}, "
         f"results in {out_dir}")
-
-    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
     try:  # fail now, not after hours of training, when the results cannot be written
         os.makedirs(out_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as e:
         raise RunError(f"cannot write into {out_dir}: {e.strerror or e}") from None
-    train_idx, val_idx = split_indices(len(data.noisy_labels), args.val_ratio, args.seed)
     pad_mode, flip_first = data.augment
     images = to_device_images(data.train_images, pad_mode, device)
     labels = torch.as_tensor(data.noisy_labels, device=device)
@@ -102,7 +104,13 @@ def main(args):
     log(f"{args.dataset} {args.noise_type}: {len(train_idx)} training, {len(val_idx)} validation, "
         f"{0 if test_batches is None else len(data.test_labels)} test images; "
         + ("noise rate unknown (no clean labels)" if truly_noisy is None else
-           f"noise rate {truly_noisy.mean() * 100:.2f} %"))
+           f"noise rate {truly_noisy[data.kept].mean() * 100:.2f} %"))
+    if data.label_fixes is not None:
+        fixes = data.label_fixes
+        log(f"label fixes {fixes['path']} (sha256 {fixes['sha256'][:16]}...): {fixes['relabelled']} images relabelled, "
+            f"{fixes['dropped']} dropped, {fixes['kept']} kept as they were"
+            + ("" if "wrong_after" not in fixes else f"; wrong labels {fixes['wrong_before'] * 100:.2f} % before the "
+               f"fixes, {fixes['wrong_after'] * 100:.2f} % after (of the images kept)"))
 
     teacher = build_model(args.arch, data.num_classes).to(device)
     student = build_model(args.arch, data.num_classes).to(device)
@@ -119,11 +127,18 @@ def main(args):
         run_teacher, run_student = (DistributedDataParallel(m, device_ids=ids) for m in (eval_teacher, eval_student))
     # One training step: eager, or on CUDA captured once as a CUDA graph and replayed (after any --resume restore,
     # since it captures during the first steps of the loop). DDP stays eager.
-    use_graph = args.cuda_graph and device.type == "cuda" and world == 1
+    use_graph = args.cuda_graph and graph_capturable(device, world)
     if args.cuda_graph and not use_graph:
         log("--cuda_graph is ignored " + ("under torchrun: the DDP step stays eager" if world > 1 else
                                           "on this device (CUDA only): the step runs eagerly"))
-    step = TrainStep(run_teacher, run_student, optimizer, precision, args.batch_size, cuda_graph=use_graph)
+
+    def capture_failed(failure):  # the whole cause to stderr (so to the log) and to metrics.json; the state stays
+        print(failure.cause, file=sys.stderr, end="", flush=True)
+        if MAIN_PROCESS:
+            save_json(f"{out_dir}/metrics.json", dict(metrics, capture_failure=dict(
+                epoch=epoch, iteration=it + 1, traceback=failure.cause)))
+    step = TrainStep(run_teacher, run_student, optimizer, precision, args.batch_size, cuda_graph=use_graph,
+                     on_capture_failure=capture_failed)
 
     # Per-sample statistics, flat device tensors indexed by position: the agreement on the label recorded during
     # the last 4 epochs (the tipping epoch is at most 3 epochs old when found) and the matching full-set passes
@@ -136,7 +151,8 @@ def main(args):
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
-    metrics = dict(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph, confidence=[],
+    metrics = dict(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph,
+                   label_fixes=data.label_fixes, confidence=[],
                    tipping_epoch=None, tipping_found_epoch=None, train_split=None, detection_split=None,
                    group_sizes=None, detection=None, val=[], test=[], best_val_accuracy=None, best_epoch=None,
                    final_test_accuracy=None, warnings=[], finished=False)
@@ -152,7 +168,8 @@ def main(args):
         groups.copy_(state["groups"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
-        metrics.update(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph)
+        metrics.update(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph,
+                       label_fixes=data.label_fixes)
         start_epoch = state["epoch"] + 1
         resume_epoch = state.get("epoch_in_progress")  # set when stopped by a signal in the middle of an epoch
         log(f"resuming from {out_dir}/{STATE_FILE}: epoch {start_epoch}"
@@ -203,6 +220,7 @@ def main(args):
                 raise RunError(f"interrupted at epoch {epoch}, iteration {it + 1}; the state is saved in {out_dir}: "
                                f"continue with the same command and --resume", exit_code=128 + stop_signal[0])
         check_finite(first_bad, epoch, out_dir)
+        step.check_graph_targets()  # a captured step must still update the networks' own tensors
         scheduler.step()
         all_reduce(train_agree[slot])
         confidence = all_reduce(confidence_sum).item() / n_train
@@ -232,23 +250,28 @@ def main(args):
                 if world > 1:
                     log(f"all {world} ranks agree on the tipping epoch and the groups")
             # Detection: the same split of the full-set pass after the tipping epoch; its lowest group is flagged.
+            # Images dropped by --label_fixes are outside the split and never flagged.
             scores, suggested, suggested_agree = (a[tipping % 4].cpu().numpy()
                                                   for a in (full_agree, full_pred, full_pred_agree))
-            split = otsu_or_warn(scores, "detection_split", "nothing flagged", metrics)
+            kept = data.kept
+            split = otsu_or_warn(scores[kept], "detection_split", "nothing flagged", metrics)
             full_groups = None if split is None else assign_groups(scores, split)
-            flagged = np.zeros(n_full, dtype=bool) if split is None else full_groups == 4
+            flagged = np.zeros(n_full, dtype=bool) if split is None else (full_groups == 4) & kept
             if MAIN_PROCESS:
                 save_npy(f"{out_dir}/detection.npy", flagged)
                 save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
                 write_label_issues(f"{out_dir}/label_issues.csv", data.noisy_labels, suggested, scores,
-                                   suggested_agree, full_groups, flagged, data.class_names, data.train_files)
+                                   suggested_agree, full_groups, flagged, data.class_names, data.train_files,
+                                   data.dropped)
+            counted = f"{kept.sum()} labels" + ("" if kept.all() else " kept by the label fixes")
             if truly_noisy is None:
                 metrics["detection"] = dict(flagged=int(flagged.sum()))
-                log(f"flagged {flagged.sum()} of {n_full} labels as noisy (no clean labels to score them against)")
+                log(f"flagged {flagged.sum()} of {counted} as noisy (no clean labels to score them against)")
             else:
-                metrics["detection"] = d = detection_report(flagged, scores, truly_noisy, suggested, data.clean_labels)
+                metrics["detection"] = d = detection_report(flagged[kept], scores[kept], truly_noisy[kept],
+                                                            suggested[kept], data.clean_labels[kept])
                 auroc = "undefined" if d["auroc"] is None else f"{d['auroc']:.4f}"  # None: no label is wrong
-                log(f"flagged {flagged.sum()} of {n_full} labels as noisy (precision {d['precision']:.4f}, recall "
+                log(f"flagged {flagged.sum()} of {counted} as noisy (precision {d['precision']:.4f}, recall "
                     f"{d['recall']:.4f}, F1 {d['f1']:.4f}, AUROC {auroc} against the ground truth, for reporting only)")
 
         # ------------------------------------------------------------ evaluation

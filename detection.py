@@ -1,24 +1,30 @@
-"""Score a BKD run's detection (detection.npy, detection_scores.npy, label_issues.csv) against the ground truth.
+"""Score a BKD run's detection (detection.npy, detection_scores.npy, label_issues.csv) against the ground truth, and
+write what a user needs to act on it.
 
 Precision, recall and F1 of the flagged labels, as the reference prints them; then the ranking by the detection
 scores without a threshold (AUROC, average precision, precision at k) and how often the suggested label is the
-true one. The same numbers go to detection.json in the run directory."""
+true one. The same numbers go to detection.json in the run directory. It also writes review.html (a page to review
+the flagged and uncertain images and download label fixes) and label_fixes_suggested.csv (every flagged image
+relabelled to BKD's suggestion), both ready for --label_fixes."""
+import hashlib
+import json
 import os
 
 import numpy as np
 
-from data import load_dataset
+from data.fixes import read_label_fixes, suggested_fixes, write_label_fixes
 from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json
-from utils.cli import get_args_parser, run_dir, run_main
+from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.label_issues import in_dataset_order, load_detection, load_scores, read_label_issues
 from utils.metrics import detection_report
+from utils.review import write_review_page
 
 
 def load_optional(out_dir, n, noisy_labels):
-    """(scores, suggested labels, names of the files an older run lacks): None for what is missing."""
-    scores = suggested = None
+    """(scores, the label_issues table, names of the files an older run lacks): None for what is missing."""
+    scores = table = None
     missing = []
     path = os.path.join(out_dir, "detection_scores.npy")
     if os.path.isfile(path):
@@ -30,42 +36,68 @@ def load_optional(out_dir, n, noisy_labels):
         table = read_label_issues(path, n)
         if not np.array_equal(in_dataset_order(table, "given_label"), noisy_labels):
             raise InputError(f"{path}: its given labels are not this run's labels; it belongs to another label set")
-        suggested = in_dataset_order(table, "suggested_label")
     else:
         missing.append("label_issues.csv")
-    return scores, suggested, missing
+    return scores, table, missing
 
 
 def main(args):
-    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
+    if args.review_max_images < 0:
+        raise InputError(f"--review_max_images {args.review_max_images}: must be 0 or more")
+    data = load_data(args)
     out_dir = run_dir(args)
     n = len(data.noisy_labels)
     flagged = load_detection(os.path.join(out_dir, "detection.npy"), n)
-    scores, suggested, missing = load_optional(out_dir, n, data.noisy_labels)  # every file checked before printing
+    scores, table, missing = load_optional(out_dir, n, data.noisy_labels)  # every file checked before printing
+    suggested = None if table is None else in_dataset_order(table, "suggested_label")
+    kept, fixes = data.kept, data.label_fixes  # a run trained with --label_fixes is scored on the images it kept
+
+    def counted(a):
+        return None if a is None else np.asarray(a)[kept]
     truly_noisy = data.noise_or_not
-    report = detection_report(flagged, scores, truly_noisy, suggested, data.clean_labels)
-    print(f"flagged as noisy: {int(flagged.sum())} of {len(flagged)}")
+    report = detection_report(flagged[kept], counted(scores), counted(truly_noisy), counted(suggested),
+                              counted(data.clean_labels))
+    if fixes is not None:
+        print(f"trained with the label fixes {fixes['path']}: {fixes['relabelled']} images relabelled, "
+              f"{fixes['dropped']} dropped; every number below counts the {kept.sum()} images kept, with their "
+              f"labels after the fixes")
+    print(f"flagged as noisy: {int(flagged.sum())} of {kept.sum()}" + ("" if fixes is None else " images kept"))
     if truly_noisy is None:
         print(f"no ground truth for the {args.noise_type} labels of {args.dataset} (the clean labels are unknown): "
               f"nothing to score the detection against")
     else:
         # These six lines are the reference's output (plus the baseline); users diff them, keep them as they are.
-        print(f"truly noisy: {report['truly_noisy']}")
+        print(f"truly noisy: {report['truly_noisy']}" + ("" if fixes is None else " (wrong labels left after the fixes)"))
         print(f"precision is {report['precision']}")
         print(f"recall is {report['recall']}")
         print(f"The f-score is {report['f1']}")
-        baseline = precision_recall_f1(np.ones_like(truly_noisy), truly_noisy)[2]
+        baseline = precision_recall_f1(np.ones(kept.sum(), dtype=bool), truly_noisy[kept])[2]
         print(f"(flagging every label would score F1 {baseline:.4f})")
         for line in ranking_lines(report):
             print(line)
     if missing and truly_noisy is not None:
         lost = (["AUROC, average precision or precision at k"] if scores is None else []) + (
-            ["suggestion accuracy"] if suggested is None else [])
+            ["suggestion accuracy"] if table is None else [])
         print(f"{out_dir} has no {' and no '.join(missing)} (the run predates {'them' if len(missing) > 1 else 'it'}): "
               f"no {' and no '.join(lost)}; train it again to get them")
     path = os.path.join(out_dir, "detection.json")
     save_json(path, report)
     print(f"written: {path}")
+    if table is None:
+        print("no review.html and no label_fixes_suggested.csv: they need label_issues.csv; train the run again")
+        return
+    rows = suggested_fixes(data, flagged, suggested)
+    path = os.path.join(out_dir, "label_fixes_suggested.csv")
+    write_label_fixes(path, rows)
+    print(f"written: {path} ({int(np.sum(flagged & (suggested != data.noisy_labels)))} flagged images relabelled to "
+          f"the suggested class; train on it with --label_fixes {path})")
+    path = os.path.join(out_dir, "review.html")
+    cards = review_cards(table, data, args.review_max_images)
+    size = write_review_page(path, run=review_header(args, out_dir, data, flagged, table, report, len(cards)),
+                             cards=cards, images=data.train_images[[c["index"] for c in cards]],
+                             class_names=class_names(data), storage_key=storage_key(out_dir),
+                             base_fixes=[] if fixes is None else [fix[1:] for fix in read_label_fixes(fixes["path"])])
+    print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
 
 
 def _number(x, decimals=4):
@@ -88,5 +120,56 @@ def ranking_lines(report):
     return lines
 
 
+# ---------------------------------------------------------------------------- the review page
+def review_cards(table, data, cap):
+    """The images to review, in the table's order (from the most suspicious down): the flagged ones (group 4), then
+    the uncertain ones (group 3), at most `cap` in all."""
+    original = data.noisy_labels if data.original_labels is None else data.original_labels
+    cards = []
+    for group in ("4", "3"):
+        for row in np.flatnonzero(np.asarray(table["group"]) == group)[:cap - len(cards)]:
+            i = int(table["index"][row])
+            cards.append(dict(index=i, file=table["file"][row], given=int(table["given_label"][row]),
+                              original=int(original[i]), suggested=int(table["suggested_label"][row]),
+                              score=float(table["agreement_given"][row]),
+                              suggested_score=float(table["agreement_suggested"][row]), group=int(group),
+                              truth=None if data.clean_labels is None else int(data.clean_labels[i])))
+    return cards
+
+
+def review_header(args, out_dir, data, flagged, table, report, shown):
+    """The facts the page's header shows."""
+    path = os.path.join(out_dir, "metrics.json")
+    try:
+        with open(path) as f:
+            tipping_epoch = json.load(f).get("tipping_epoch")
+    except (OSError, ValueError, AttributeError):
+        tipping_epoch = None  # a run copied without its metrics: the page says "unknown"
+    scores = ("precision", "recall", "f1", "auroc", "average_precision")
+    return dict(dataset=args.dataset, noise_type=args.noise_type, seed=args.seed, tipping_epoch=tipping_epoch,
+                images=len(data.noisy_labels), flagged=int(flagged.sum()),
+                uncertain=int(np.sum(np.asarray(table["group"]) == "3")), shown=shown, cap=args.review_max_images,
+                detection={k: report.get(k) for k in scores} if "f1" in report else None,
+                label_fixes=data.label_fixes, dropped=int(np.sum(~data.kept)))
+
+
+def class_names(data):
+    return list(data.class_names) if data.class_names is not None else [str(c) for c in range(data.num_classes)]
+
+
+def storage_key(out_dir):
+    """The run directory and its table's checksum: a run trained again starts its review afresh."""
+    with open(os.path.join(out_dir, "label_issues.csv"), "rb") as f:
+        return f"{os.path.basename(os.path.normpath(out_dir))}:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+
+
+def get_parser():
+    parser = get_args_parser(__doc__.splitlines()[0])
+    parser.add_argument("--review_max_images", type=int, default=5000,
+                        help="most images review.html holds (the flagged ones first, then the uncertain ones, the "
+                             "most suspicious first); each adds about 4 KB at 32x32")
+    return parser
+
+
 if __name__ == "__main__":
-    run_main(main, get_args_parser(__doc__.splitlines()[0]))
+    run_main(main, get_parser())

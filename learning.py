@@ -6,10 +6,9 @@ test set (a folder without test/, an .npz without test_images) has nothing to ev
 """
 import torch
 
-from data import load_dataset
 from data.pipeline import DeviceBatches, to_device_images
 from utils.checkpoint import load_network
-from utils.cli import get_args_parser, run_dir, run_main
+from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.engine import accuracy, get_device, resolve_precision
 
 
@@ -18,7 +17,7 @@ def main(args):
     precision = resolve_precision(args.precision, device)
     out_dir = run_dir(args)
     prefix = "best_" if args.checkpoint == "best" else ""
-    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
+    data = load_data(args)
     if data.test_images is None:  # only your own data sets can lack one
         hint = "a test/ folder beside train/" if args.dataset == "folder" else "test_images and test_labels to the file"
         print(f"{args.data_dir} has no test set: no test accuracy to report (add {hint} to get one)")

@@ -6,9 +6,8 @@ import os
 
 import numpy as np
 
-from data import load_dataset
 from utils import InputError
-from utils.cli import get_args_parser, run_dir, run_main
+from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.label_issues import in_dataset_order, load_detection, load_scores, read_label_issues
 from utils.plots import (confidence_figure, precision_recall_figure, pyplot, save_figure, scores_figure,
                          suspicious_figure)
@@ -37,7 +36,7 @@ def main(args):
     plt = pyplot()  # first: without matplotlib, one line and nothing written
     out_dir = run_dir(args)
     metrics = load_metrics(out_dir)
-    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
+    data = load_data(args)
     n = len(data.noisy_labels)
     flagged = load_detection(os.path.join(out_dir, "detection.npy"), n)
     scores = load_scores(os.path.join(out_dir, "detection_scores.npy"), n)
@@ -49,11 +48,13 @@ def main(args):
     if found is None and tipping is not None:  # runs of older versions: the search finds it 2 epochs later
         found = tipping + 2
 
+    kept = data.kept  # a run trained with --label_fixes: the images it dropped are in no picture but the table's
+    truly_kept = None if truly_noisy is None else truly_noisy[kept]
     figures = {"confidence.png": confidence_figure(plt, metrics["confidence"], tipping, found, metrics.get("test")),
-               "scores_histogram.png": scores_figure(plt, scores, metrics.get("detection_split"), flagged,
-                                                     truly_noisy)}
+               "scores_histogram.png": scores_figure(plt, scores[kept], metrics.get("detection_split"), flagged[kept],
+                                                     truly_kept)}
     if truly_noisy is not None:
-        figures["precision_recall.png"] = precision_recall_figure(plt, scores, flagged, truly_noisy)
+        figures["precision_recall.png"] = precision_recall_figure(plt, scores[kept], flagged[kept], truly_kept)
     figures["suspicious_images.png"] = suspicious_figure(plt, data.train_images, table, truly_noisy)
     for name, fig in figures.items():
         path = os.path.join(out_dir, name)

@@ -78,7 +78,7 @@ for ((j = 0; j < JOBS_PER_GPU; j++)); do slot_gpu+=("${gpu_list[@]}"); done
 # The flags of one job for all three scripts (into the array `flags`) and its run directory (into `dir`).
 job_setup() {
   local dataset=$1 noise=$2 seed=$3
-  dir="$RESULTS_DIR/${dataset}_${noise}_seed_${seed}"
+  dir="$RESULTS_DIR/${dataset}_${noise}_seed_${seed}${fixes_suffix}"
   mapfile -t demo < <(demo_flags "$dataset")
   flags=(--dataset "$dataset" --noise_type "$noise" --seed "$seed" --results_dir "$RESULTS_DIR" "${demo[@]}" "${extra_args[@]}")
 }
@@ -129,6 +129,20 @@ record() {  # record <job name> <exit status of run_job>
 job_name() { set -- $1; echo "$1 $2 seed $3"; }
 
 extra_args=("$@")
+# With --label_fixes FILE the runs go to <dataset>_<noise>_seed_<seed>_fixes_<first 8 hex digits of the file's sha256>
+# (the scripts' own rule, data/fixes.py run_dir_suffix), and so do their logs.
+fixes_suffix=""
+for ((i = 0; i < ${#extra_args[@]}; i++)); do
+  case "${extra_args[$i]}" in
+    --label_fixes) fixes_file=${extra_args[$((i + 1))]:-} ;;
+    --label_fixes=*) fixes_file=${extra_args[$i]#--label_fixes=} ;;
+    *) continue ;;
+  esac
+  if ! [ -f "$fixes_file" ] || ! sum=$( (sha256sum "$fixes_file" 2>/dev/null || shasum -a 256 "$fixes_file") | cut -c1-8); then
+    echo "run.sh: --label_fixes '$fixes_file' is not a readable file" >&2; exit 2
+  fi
+  fixes_suffix="_fixes_$sum"
+done
 [ "$PLOTS" = 0 ] && echo "run.sh: no pictures: matplotlib is not installed for $PYTHON (pip install matplotlib gives them)"
 if [ "$DRY_RUN" = 1 ]; then
   # Job i goes to slot i mod (number of slots): the order the scheduler below fills them in when jobs take

@@ -42,10 +42,21 @@ class Dataset:
     train_files: Optional[list] = None  # file of each training image, where the data set has files
     mean_std: Optional[tuple] = None  # ((mean per channel), (std per channel)) of pixels in [0, 1]; None = computed
     augment: tuple = ("reflect", True)  # (padding mode, flip before crop) of the training augmentation: CIFAR-10's
+    files_root: Optional[str] = None  # the folder train_files are under (their names are compared from there on)
+    # With --label_fixes (data.fixes.apply_label_fixes): noisy_labels are the labels after the fixes, these are the
+    # labels on disk before them, `dropped` marks the images the fixes took out, `label_fixes` describes the file.
+    original_labels: Optional[np.ndarray] = None
+    dropped: Optional[np.ndarray] = None
+    label_fixes: Optional[dict] = None
 
     def __post_init__(self):
         if self.mean_std is None:
             self.mean_std = image_mean_std(self.train_images)
+
+    @property
+    def kept(self):
+        """True for every image training uses: all of them, unless label fixes dropped some."""
+        return np.ones(len(self.noisy_labels), dtype=bool) if self.dropped is None else ~self.dropped
 
     @property
     def noise_or_not(self):

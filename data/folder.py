@@ -96,7 +96,8 @@ def fingerprint(root, files, size):
             st = os.stat(path)
         except OSError as e:  # a dangling link, a file removed while we read
             raise InputError(f"{path}: cannot read it ({e.strerror}); repair or remove it") from None
-        digest.update(f"{path[len(root):]}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # bytes of the name as on disk: a name that is not UTF-8 (scraped from the web) is hashed as it is
+        digest.update(os.fsencode(path[len(root):]) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -154,4 +155,4 @@ def load_folder(root, size):
               + (f"; cached in {cache_path}" if cached else ""), flush=True)
     return Dataset("folder", len(class_names), arrays["train_images"], train_labels, None,
                    arrays.get("test_images"), test_labels, class_names=class_names, train_files=train_files,
-                   augment=AUGMENT["cifar10"])
+                   augment=AUGMENT["cifar10"], files_root=root)

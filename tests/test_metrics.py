@@ -4,14 +4,13 @@ import itertools
 import json
 import math
 import shutil
-import types
 
 import numpy as np
 import pytest
 
 from tests.conftest import N_SYNTHETIC, run
 from utils.bkd import precision_recall_f1
-from utils.label_issues import write_label_issues
+from utils.label_issues import read_label_issues, write_label_issues
 from utils.metrics import auroc, average_precision, detection_report, precision_at_k, precision_recall_curve
 
 # Five samples, most suspicious first; the two at 0.8 are tied, one of them mislabelled.
@@ -103,6 +102,9 @@ def test_detection_script_reports_the_ranking(synthetic_run):
     assert result.returncode == 0, result.stderr
     m = json.loads((d / "metrics.json").read_text())["detection"]
     lines = result.stdout.strip().splitlines()
+    table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)
+    relabelled = int(np.sum(table["flagged"] & (table["given_label"] != table["suggested_label"])))
+    cards, size = sum(g in ("3", "4") for g in table["group"]), (d / "review.html").stat().st_size
     assert lines[2] == f"precision is {m['precision']}"  # the reference's lines stay first (tests/test_scripts.py)
     assert lines[6:] == [
         "ranking by detection_scores.npy (low agreement on the given label = suspicious):",
@@ -111,7 +113,10 @@ def test_detection_script_reports_the_ranking(synthetic_run):
         f"precision at k = {m['truly_noisy']} (the number truly noisy) is {m['precision_at_k']:.4f}",
         f"suggested label = true label for {m['suggestion_correct']} of the {m['flagged_truly_noisy']} flagged "
         f"images that are truly mislabelled ({m['suggestion_accuracy']:.4f})",
-        f"written: {d / 'detection.json'}"]
+        f"written: {d / 'detection.json'}",
+        f"written: {d / 'label_fixes_suggested.csv'} ({relabelled} flagged images relabelled to the suggested class; "
+        f"train on it with --label_fixes {d / 'label_fixes_suggested.csv'})",
+        f"written: {d / 'review.html'} ({cards} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)"]
     # detection.json: the numbers the training script stored, recomputed from the files of the run directory
     assert json.loads((d / "detection.json").read_text()) == m
     assert m["auroc"] > 0.85 and m["average_precision"] > 0.8  # BKD ranks the mislabelled images first
@@ -133,8 +138,11 @@ def test_detection_script_on_a_run_of_an_older_version(synthetic_run, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[:6] == synthetic_run["detection"].stdout.strip().splitlines()[:6]
-    assert lines[6] == (f"{d} has no detection_scores.npy and no label_issues.csv (the run predates them): no AUROC, "
-                        f"average precision or precision at k and no suggestion accuracy; train it again to get them")
+    assert lines[6:] == [f"{d} has no detection_scores.npy and no label_issues.csv (the run predates them): no AUROC, "
+                         f"average precision or precision at k and no suggestion accuracy; train it again to get them",
+                         f"written: {d / 'detection.json'}",
+                         "no review.html and no label_fixes_suggested.csv: they need label_issues.csv; train the run "
+                         "again"]
     assert set(json.loads((d / "detection.json").read_text())) == {"images", "flagged", "truly_noisy", "precision",
                                                                    "recall", "f1"}
 
@@ -151,11 +159,12 @@ def test_detection_script_refuses_scores_of_the_wrong_length(synthetic_run, tmp_
 def test_detection_script_without_ground_truth(tmp_path, monkeypatch, capsys):
     """The user's own data (--dataset npz without clean labels): the count only, and exit 0."""
     import detection
-    from utils.cli import check_args, get_args_parser
+    from data import Dataset
+    from utils.cli import check_args
     given = np.array([0, 1, 1, 0, 2, 2])
-    data = types.SimpleNamespace(noisy_labels=given, clean_labels=None, noise_or_not=None)
-    monkeypatch.setattr(detection, "load_dataset", lambda *args, **kwargs: data)
-    parser = get_args_parser("detection")
+    data = Dataset("npz", 3, np.zeros((6, 8, 8, 3), np.uint8), given, None, None, None)
+    monkeypatch.setattr(detection, "load_data", lambda args: data)
+    parser = detection.get_parser()
     args = check_args(parser, parser.parse_args(["--dataset", "npz", "--data_dir", str(tmp_path / "my.npz"),
                                                  "--results_dir", str(tmp_path)]))
     d = tmp_path / "npz_given_seed_0"
@@ -165,9 +174,12 @@ def test_detection_script_without_ground_truth(tmp_path, monkeypatch, capsys):
     np.save(d / "detection_scores.npy", scores.astype(np.float32))
     write_label_issues(d / "label_issues.csv", given, given, scores, scores, None, flagged)
     detection.main(args)
-    assert capsys.readouterr().out.splitlines() == [
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
         "flagged as noisy: 2 of 6",
         "no ground truth for the given labels of npz (the clean labels are unknown): nothing to score the detection "
         "against",
         f"written: {d / 'detection.json'}"]
+    assert lines[3].startswith(f"written: {d / 'label_fixes_suggested.csv'} (0 flagged images relabelled")
+    assert lines[4].startswith(f"written: {d / 'review.html'} (0 images to review")
     assert json.loads((d / "detection.json").read_text()) == dict(images=6, flagged=2)

@@ -7,11 +7,11 @@ import shutil
 import struct
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 
+from data import Dataset
 from tests.conftest import N_SYNTHETIC, ROOT, run
 from utils.label_issues import write_label_issues
 
@@ -119,9 +119,8 @@ def test_own_data_without_ground_truth_test_set_or_names(tmp_path, monkeypatch, 
     given = rng.integers(0, 3, n)
     scores = np.clip(np.r_[rng.normal(0.15, 0.1, 60), rng.normal(0.7, 0.15, n - 60)], 0, 1)
     flagged = scores < 0.2
-    data = types.SimpleNamespace(noisy_labels=given, clean_labels=None, noise_or_not=None, class_names=None,
-                                 train_images=rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8))
-    monkeypatch.setattr(plots, "load_dataset", lambda *args, **kwargs: data)
+    data = Dataset("npz", 3, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), given, None, None, None)
+    monkeypatch.setattr(plots, "load_data", lambda args: data)
     parser = get_args_parser("plots")
     args = check_args(parser, parser.parse_args(["--dataset", "npz", "--data_dir", str(tmp_path / "my.npz"),
                                                  "--results_dir", str(tmp_path)]))

@@ -17,6 +17,13 @@ class RunError(Exception):
 
 
 
+def printable_path(path):
+    """A file name as text for tables, pages and fixes files: the path itself, except that bytes which are not UTF-8
+    (names scraped from the web, held by Python as surrogates) are written as \\xNN escapes. The same name always
+    gives the same text, so files written with it can be matched against the data set again."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def atomic_write(path, write):
     """Call write(binary file) on a temporary file next to path, then rename it into place: readers see the old
     file or the new one, never a truncated one. A failed write raises RunError and leaves the old file intact."""

@@ -61,7 +61,7 @@ STATE_FILE = "state.pth.tar"
 OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar",
                 "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json", STATE_FILE,
                 # written by detection.py and plots.py from the files above: stale once the run is trained again
-                "detection.json", "confidence.png", "scores_histogram.png", "precision_recall.png",
+                "detection.json", "review.html", "label_fixes_suggested.csv", "confidence.png", "scores_histogram.png", "precision_recall.png",
                 "suspicious_images.png")
 STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_agree", "full_pred",
               "full_pred_agree", "groups", "rng", "metrics")

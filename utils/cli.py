@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from data import DATASETS, DEFAULT_IMAGE_SIZE, DEFAULT_NOISE_TYPE, MIN_IMAGE_SIZE, NOISE_TYPES, OWN_DATA
+from data import DATASETS, DEFAULT_IMAGE_SIZE, DEFAULT_NOISE_TYPE, MIN_IMAGE_SIZE, NOISE_TYPES, OWN_DATA, load_dataset
+from data.fixes import apply_label_fixes, run_dir_suffix
 from models import ARCHS
 from utils import InputError, RunError
 
@@ -46,6 +47,11 @@ def get_args_parser(description):
     g.add_argument("--val_ratio", type=float, default=0.1,
                    help="fraction of the training set held out (with noisy labels) to choose the best networks; "
                         "0 = the challenge setting, no validation set")
+    g.add_argument("--label_fixes", default=None, metavar="FILE",
+                   help="apply label fixes (index,file,given_label,action,new_label): label_fixes.csv saved from "
+                        "review.html, or label_fixes_suggested.csv of detection.py. relabel rows change labels, drop "
+                        "rows take images out of training and validation. The run goes to its own directory, "
+                        "<dataset>_<noise_type>_seed_<seed>_fixes_<first 8 hex digits of the file's sha256>")
     g.add_argument("--num_workers", type=int, default=4,
                    help="accepted for compatibility with the reference; unused, batches are made on the device")
     g = p.add_argument_group("training")
@@ -145,10 +151,20 @@ def check_data_args(parser, args):
                          f"--image_size is for --dataset folder and npz")
     elif args.dataset != "npz":  # npz: None = the stored size
         args.image_size = DEFAULT_IMAGE_SIZE
+    if args.label_fixes is not None and not (os.path.isfile(args.label_fixes) and os.access(args.label_fixes, os.R_OK)):
+        parser.error(f"argument --label_fixes: {args.label_fixes} is not a readable file")
 
 
 def run_dir(args):
-    return os.path.join(args.results_dir, f"{args.dataset}_{args.noise_type}_seed_{args.seed}")
+    """results/<dataset>_<noise_type>_seed_<seed>, and _fixes_<8 hex digits of its sha256> with --label_fixes."""
+    name = f"{args.dataset}_{args.noise_type}_seed_{args.seed}"
+    return os.path.join(args.results_dir, name + (run_dir_suffix(args.label_fixes) if args.label_fixes else ""))
+
+
+def load_data(args):
+    """The data set the flags name, with the fixes of --label_fixes applied."""
+    data = load_dataset(args.dataset, args.noise_type, args.data_dir, args.noise_path, image_size=args.image_size)
+    return data if args.label_fixes is None else apply_label_fixes(data, args.label_fixes)
 
 
 def run_main(main, parser):

@@ -7,15 +7,17 @@ import os
 
 import numpy as np
 
-from utils import InputError, atomic_write
+from utils import InputError, atomic_write, printable_path
 
 COLUMNS = ("index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
            "agreement_given", "agreement_suggested", "group", "flagged")
 
 
-def suspicion_order(agreement_given):
-    """Dataset indices from most to least suspicious: ascending agreement on the given label, ties by index."""
-    return np.argsort(np.asarray(agreement_given), kind="stable")
+def suspicion_order(agreement_given, dropped=None):
+    """Dataset indices from most to least suspicious: ascending agreement on the given label, ties by index; images
+    dropped by label fixes come last (they are no longer part of the data set's labels)."""
+    order = np.argsort(np.asarray(agreement_given), kind="stable")
+    return order if dropped is None else np.concatenate([order[~dropped[order]], order[dropped[order]]])
 
 
 def _names(labels, class_names):
@@ -26,29 +28,33 @@ def _names(labels, class_names):
 
 
 def write_label_issues(path, given, suggested, agreement_given, agreement_suggested, groups, flagged,
-                       class_names=None, files=None):
+                       class_names=None, files=None, dropped=None):
     """Write the table to `path` atomically. Arrays are length N in dataset order; `groups` (1..4) is None when the
-    detection split was impossible, `class_names` and `files` are None where the data set has none (empty cells).
-    Agreements are written with 6 significant digits."""
+    detection split was impossible, `class_names` and `files` are None where the data set has none (empty cells),
+    `dropped` (bool) marks images that label fixes dropped: their group reads "dropped" and they come last.
+    Agreements are written with 6 significant digits; files as utils.printable_path writes them."""
     given, suggested = np.asarray(given, dtype=np.int64), np.asarray(suggested, dtype=np.int64)
     agreement_given = np.asarray(agreement_given, dtype=np.float64)
     agreement_suggested = np.asarray(agreement_suggested, dtype=np.float64)
     flagged = np.asarray(flagged, dtype=bool)
     n = len(given)
     arrays = dict(suggested=suggested, agreement_given=agreement_given, agreement_suggested=agreement_suggested,
-                  flagged=flagged, groups=groups, files=files)
+                  flagged=flagged, groups=groups, files=files, dropped=dropped)
     for name, a in arrays.items():
         if a is not None and len(a) != n:
             raise ValueError(f"write_label_issues: {name} has {len(a)} entries, given has {n}")
-    order = suspicion_order(agreement_given)
+    dropped = None if dropped is None else np.asarray(dropped, dtype=bool)
+    order = suspicion_order(agreement_given, dropped)
     g, s = given[order], suggested[order]
+    group_cells = [""] * n if groups is None else np.asarray(groups, dtype=np.int64)[order].astype(str)
+    if dropped is not None:
+        group_cells = np.where(dropped[order], "dropped", group_cells)
     columns = [order.tolist(),
-               [""] * n if files is None else [files[i] for i in order],
+               [""] * n if files is None else [printable_path(files[i]) for i in order],
                g.tolist(), _names(g, class_names), s.tolist(), _names(s, class_names),
                np.char.mod("%.6g", agreement_given[order]).tolist(),
                np.char.mod("%.6g", agreement_suggested[order]).tolist(),
-               [""] * n if groups is None else np.asarray(groups, dtype=np.int64)[order].tolist(),
-               np.where(flagged[order], "True", "False").tolist()]
+               list(group_cells), np.where(flagged[order], "True", "False").tolist()]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)

@@ -43,7 +43,9 @@ def _read_run(path):
         raise SummaryError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from None
     try:
         args, finished = m["args"], bool(m["finished"])
-        run = dict(dataset=str(args["dataset"]), noise_type=str(args["noise_type"]), seed=int(args["seed"]),
+        fixes = m.get("label_fixes")  # runs trained with --label_fixes form their own row
+        noise_type = str(args["noise_type"]) + ("" if not fixes else f" + fixes {str(fixes['sha256'])[:8]}")
+        run = dict(dataset=str(args["dataset"]), noise_type=noise_type, seed=int(args["seed"]),
                    finished=finished, detection=m.get("detection"))
         # None: an unfinished run, or a data set without a test set (then the key may be missing too)
         accuracy = m.get("final_test_accuracy")
