@@ -81,11 +81,11 @@ def measure(args, seed):
         call(*train, *extra)
         accuracy = float(call("learning.py", *data, *extra).split("test accuracy: ")[1].split(" %")[0])
         with open(os.path.join(run + ("" if fixes is None else run_dir_suffix(fixes)), "metrics.json")) as f:
-            m = json.load(f)
-        fixed = m["label_fixes"] or {}
-        before = fixed.get("wrong_before", m["detection"]["truly_noisy"] / m["detection"]["images"])
-        rows.append((what, (fixed.get("relabelled", 0), before, fixed.get("wrong_after", before), accuracy)))
-    return rows
+            fixed = json.load(f)["label_fixes"] or {}  # (a) has none
+        rows.append([what, fixed.get("relabelled", 0), fixed.get("wrong_before"), fixed.get("wrong_after"), accuracy])
+    noise_rate = rows[1][2]  # the share of wrong labels on disk, the same before every set of fixes
+    rows[0][2:4] = noise_rate, noise_rate
+    return [(row[0], tuple(row[1:])) for row in rows]
 
 
 if __name__ == "__main__":
