@@ -20,10 +20,10 @@ from tqdm import tqdm
 from data import split_indices
 from data.pipeline import DeviceBatches, to_device_images
 from models import build_model
-from utils import InputError, RunError
+from utils import InputError, RunError, atomic_write
 from utils.bkd import DegenerateSplit, assign_groups, find_tipping_epoch, otsu_split
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
-                              save_json, save_npy, save_state)
+                              save_json, save_npy, save_state, saved_metrics)
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
 from utils.engine import accuracy, agreement_pass, make_optimizer, resolve_precision, seed_everything, synchronize
@@ -63,18 +63,19 @@ def main(args):
         torch.backends.cudnn.benchmark = not args.deterministic  # autotuned kernels may differ between runs
         torch.backends.cudnn.deterministic = args.deterministic
     out_dir = run_dir(args)
-    data = load_data(args)  # before the run directory is touched: bad data or fixes leave it as it is
-    # Images dropped by --label_fixes neither train nor validate; every index stays the data set's own.
-    train_idx, val_idx = (idx[data.kept[idx]] for idx in split_indices(len(data.noisy_labels), args.val_ratio, args.seed))
-    if not len(train_idx):
-        raise InputError(f"--label_fixes {args.label_fixes} drops every image of the training split; nothing to train on")
-    state, finished = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked
-    if finished:  # --resume of a finished run (killed after it finished, a requeued job): nothing to do
+    previous_metrics = saved_metrics(out_dir)
+    if args.resume and previous_metrics.get("finished"):  # a requeued job, killed after it finished: nothing to do
         if MAIN_PROCESS and os.path.exists(f"{out_dir}/{STATE_FILE}"):
             os.remove(f"{out_dir}/{STATE_FILE}")
         log(f"{out_dir} holds a finished run: nothing to resume")
         destroy()
         return
+    data = load_data(args)  # before the run directory is touched: bad data or fixes leave it as it is
+    # Images dropped by --label_fixes neither train nor validate; every index stays the data set's own.
+    train_idx, val_idx = (idx[data.kept[idx]] for idx in split_indices(len(data.noisy_labels), args.val_ratio, args.seed))
+    if not len(train_idx):
+        raise InputError(f"--label_fixes {args.label_fixes} drops every image of the training split; nothing to train on")
+    state = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked
     log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
     log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision}, "
         f"results in {out_dir}")
@@ -105,12 +106,17 @@ def main(args):
         f"{0 if test_batches is None else len(data.test_labels)} test images; "
         + ("noise rate unknown (no clean labels)" if truly_noisy is None else
            f"noise rate {truly_noisy[data.kept].mean() * 100:.2f} %"))
-    if data.label_fixes is not None:
-        fixes = data.label_fixes
+    fixes = None if data.label_fixes is None else data.label_fixes.info
+    if fixes is not None:
         log(f"label fixes {fixes['path']} (sha256 {fixes['sha256'][:16]}...): {fixes['relabelled']} images relabelled, "
             f"{fixes['dropped']} dropped, {fixes['kept']} kept as they were"
             + ("" if "wrong_after" not in fixes else f"; wrong labels {fixes['wrong_before'] * 100:.2f} % before the "
                f"fixes, {fixes['wrong_after'] * 100:.2f} % after (of the images kept)"))
+        if MAIN_PROCESS:  # the run keeps the fixes it was trained with: their content, not their path, names it
+            atomic_write(f"{out_dir}/label_fixes.csv", lambda f: f.write(data.label_fixes.content))
+    if args.val_ratio > 0 and not len(val_idx):
+        log("WARNING: the label fixes dropped every image of the validation split: the training split (augmented) "
+            "stands in for it, as with --val_ratio 0")
 
     teacher = build_model(args.arch, data.num_classes).to(device)
     student = build_model(args.arch, data.num_classes).to(device)
@@ -152,7 +158,7 @@ def main(args):
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
     metrics = dict(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph,
-                   label_fixes=data.label_fixes, confidence=[],
+                   label_fixes=fixes, confidence=[],
                    tipping_epoch=None, tipping_found_epoch=None, train_split=None, detection_split=None,
                    group_sizes=None, detection=None, val=[], test=[], best_val_accuracy=None, best_epoch=None,
                    final_test_accuracy=None, warnings=[], finished=False)
@@ -169,7 +175,9 @@ def main(args):
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
         metrics.update(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph,
-                       label_fixes=data.label_fixes)
+                       label_fixes=fixes)
+        if previous_metrics.get("capture_failure"):  # written after the saved state: keep the record of it
+            metrics["capture_failure"] = previous_metrics["capture_failure"]
         start_epoch = state["epoch"] + 1
         resume_epoch = state.get("epoch_in_progress")  # set when stopped by a signal in the middle of an epoch
         log(f"resuming from {out_dir}/{STATE_FILE}: epoch {start_epoch}"

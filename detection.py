@@ -6,13 +6,12 @@ scores without a threshold (AUROC, average precision, precision at k) and how of
 true one. The same numbers go to detection.json in the run directory. It also writes review.html (a page to review
 the flagged and uncertain images and download label fixes) and label_fixes_suggested.csv (every flagged image
 relabelled to BKD's suggestion), both ready for --label_fixes."""
-import hashlib
 import json
 import os
 
 import numpy as np
 
-from data.fixes import read_label_fixes, suggested_fixes, write_label_fixes
+from data.fixes import as_row, file_sha256, suggested_fixes, write_label_fixes
 from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json
@@ -50,7 +49,8 @@ def main(args):
     flagged = load_detection(os.path.join(out_dir, "detection.npy"), n)
     scores, table, missing = load_optional(out_dir, n, data.noisy_labels)  # every file checked before printing
     suggested = None if table is None else in_dataset_order(table, "suggested_label")
-    kept, fixes = data.kept, data.label_fixes  # a run trained with --label_fixes is scored on the images it kept
+    kept = data.kept  # a run trained with --label_fixes is scored on the images it kept
+    fixes = None if data.label_fixes is None else data.label_fixes.info
 
     def counted(a):
         return None if a is None else np.asarray(a)[kept]
@@ -67,7 +67,7 @@ def main(args):
               f"nothing to score the detection against")
     else:
         # These six lines are the reference's output (plus the baseline); users diff them, keep them as they are.
-        print(f"truly noisy: {report['truly_noisy']}" + ("" if fixes is None else " (wrong labels left after the fixes)"))
+        print(f"truly noisy: {report['truly_noisy']}")
         print(f"precision is {report['precision']}")
         print(f"recall is {report['recall']}")
         print(f"The f-score is {report['f1']}")
@@ -96,7 +96,7 @@ def main(args):
     size = write_review_page(path, run=review_header(args, out_dir, data, flagged, table, report, len(cards)),
                              cards=cards, images=data.train_images[[c["index"] for c in cards]],
                              class_names=class_names(data), storage_key=storage_key(out_dir),
-                             base_fixes=[] if fixes is None else [fix[1:] for fix in read_label_fixes(fixes["path"])])
+                             base_fixes=[] if fixes is None else [as_row(fix) for fix in data.label_fixes.rows])
     print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
 
 
@@ -124,13 +124,12 @@ def ranking_lines(report):
 def review_cards(table, data, cap):
     """The images to review, in the table's order (from the most suspicious down): the flagged ones (group 4), then
     the uncertain ones (group 3), at most `cap` in all."""
-    original = data.noisy_labels if data.original_labels is None else data.original_labels
     cards = []
     for group in ("4", "3"):
         for row in np.flatnonzero(np.asarray(table["group"]) == group)[:cap - len(cards)]:
             i = int(table["index"][row])
             cards.append(dict(index=i, file=table["file"][row], given=int(table["given_label"][row]),
-                              original=int(original[i]), suggested=int(table["suggested_label"][row]),
+                              original=int(data.labels_on_disk[i]), suggested=int(table["suggested_label"][row]),
                               score=float(table["agreement_given"][row]),
                               suggested_score=float(table["agreement_suggested"][row]), group=int(group),
                               truth=None if data.clean_labels is None else int(data.clean_labels[i])))
@@ -150,7 +149,7 @@ def review_header(args, out_dir, data, flagged, table, report, shown):
                 images=len(data.noisy_labels), flagged=int(flagged.sum()),
                 uncertain=int(np.sum(np.asarray(table["group"]) == "3")), shown=shown, cap=args.review_max_images,
                 detection={k: report.get(k) for k in scores} if "f1" in report else None,
-                label_fixes=data.label_fixes, dropped=int(np.sum(~data.kept)))
+                label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)))
 
 
 def class_names(data):
@@ -159,8 +158,7 @@ def class_names(data):
 
 def storage_key(out_dir):
     """The run directory and its table's checksum: a run trained again starts its review afresh."""
-    with open(os.path.join(out_dir, "label_issues.csv"), "rb") as f:
-        return f"{os.path.basename(os.path.normpath(out_dir))}:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+    return f"{os.path.basename(os.path.normpath(out_dir))}:{file_sha256(os.path.join(out_dir, 'label_issues.csv'))[:16]}"
 
 
 def get_parser():

@@ -130,7 +130,7 @@ job_name() { set -- $1; echo "$1 $2 seed $3"; }
 
 extra_args=("$@")
 # With --label_fixes FILE the runs go to <dataset>_<noise>_seed_<seed>_fixes_<first 8 hex digits of the file's sha256>
-# (the scripts' own rule, data/fixes.py run_dir_suffix), and so do their logs.
+# (the scripts' own rule, data/fixes.py run_dir_suffix), and so do their logs. A relative FILE counts from here.
 fixes_suffix=""
 for ((i = 0; i < ${#extra_args[@]}; i++)); do
   case "${extra_args[$i]}" in
@@ -138,7 +138,8 @@ for ((i = 0; i < ${#extra_args[@]}; i++)); do
     --label_fixes=*) fixes_file=${extra_args[$i]#--label_fixes=} ;;
     *) continue ;;
   esac
-  if ! [ -f "$fixes_file" ] || ! sum=$( (sha256sum "$fixes_file" 2>/dev/null || shasum -a 256 "$fixes_file") | cut -c1-8); then
+  # from stdin: sha256sum escapes file names with a backslash in them and reads stdin for a file named "-"
+  if ! [ -f "$fixes_file" ] || ! sum=$( (sha256sum < "$fixes_file" 2>/dev/null || shasum -a 256 < "$fixes_file") | cut -c1-8); then
     echo "run.sh: --label_fixes '$fixes_file' is not a readable file" >&2; exit 2
   fi
   fixes_suffix="_fixes_$sum"

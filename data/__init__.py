@@ -44,14 +44,20 @@ class Dataset:
     augment: tuple = ("reflect", True)  # (padding mode, flip before crop) of the training augmentation: CIFAR-10's
     files_root: Optional[str] = None  # the folder train_files are under (their names are compared from there on)
     # With --label_fixes (data.fixes.apply_label_fixes): noisy_labels are the labels after the fixes, these are the
-    # labels on disk before them, `dropped` marks the images the fixes took out, `label_fixes` describes the file.
+    # labels on disk before them, `dropped` marks the images the fixes took out, `label_fixes` is the file
+    # (data.fixes.LabelFixes: its rows, its bytes, what applying it did).
     original_labels: Optional[np.ndarray] = None
     dropped: Optional[np.ndarray] = None
-    label_fixes: Optional[dict] = None
+    label_fixes: Optional[object] = None
 
     def __post_init__(self):
         if self.mean_std is None:
             self.mean_std = image_mean_std(self.train_images)
+
+    @property
+    def labels_on_disk(self):
+        """The data set's own labels: those before --label_fixes (noisy_labels without fixes)."""
+        return self.noisy_labels if self.original_labels is None else self.original_labels
 
     @property
     def kept(self):

@@ -30,6 +30,15 @@ class Fix(NamedTuple):
     new_label: Optional[int]
 
 
+@dataclasses.dataclass
+class LabelFixes:
+    """A fixes file as applied to a data set: its rows, its bytes (a run trained with it keeps a copy: its content,
+    not its path, names the run) and `info`, what applying it did (JSON-ready, for metrics.json and the logs)."""
+    rows: list
+    content: bytes
+    info: dict
+
+
 def file_sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -49,39 +58,40 @@ def _integer(text, what, where):
 
 
 def read_label_fixes(path):
-    """The rows of a fixes file, each checked on its own (the header, the action, numbers where numbers belong, one row
-    per index); what needs the data set is checked by apply_label_fixes."""
+    """(the rows of a fixes file, its bytes): each row checked on its own (the header, the action, numbers where
+    numbers belong, one row per index); what needs the data set is checked by apply_label_fixes."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often start with a BOM
-            reader = csv.reader(f)
-            header = tuple(next(reader, ()))
-            if header != COLUMNS:
-                raise InputError(f"{path}: the header must be {','.join(COLUMNS)}, got {','.join(header) or 'nothing'}")
-            fixes, seen = [], {}
-            for cells in reader:
-                if not any(cells):
-                    continue  # blank lines, as some editors add at the end
-                where = f"{path}, line {reader.line_num}"
-                if len(cells) != len(COLUMNS):
-                    raise InputError(f"{where}: expected {len(COLUMNS)} cells ({','.join(COLUMNS)}), got {len(cells)}")
-                index, file, given, action, new = cells
-                index = _integer(index, "index", where)
-                if index in seen:
-                    raise InputError(f"{where}: index {index} again (first on line {seen[index]}); one row per image")
-                seen[index] = reader.line_num
-                if action not in ACTIONS:
-                    raise InputError(f"{where}: unknown action {action!r}; use keep, relabel or drop")
-                if action == "relabel" and not new:
-                    raise InputError(f"{where}: relabel needs a new_label")
-                if action != "relabel" and new:
-                    raise InputError(f"{where}: new_label is for relabel only; leave it empty for {action}")
-                fixes.append(Fix(reader.line_num, index, file, _integer(given, "given_label", where), action,
-                                 _integer(new, "new_label", where) if new else None))
+        with open(path, "rb") as f:  # read once: the rows, the checksum and the run's copy are of the same bytes
+            content = f.read()
+        reader = csv.reader(io.StringIO(content.decode("utf-8-sig"), newline=""))  # -sig: spreadsheets write a BOM
+        header = tuple(next(reader, ()))
+        if header != COLUMNS:
+            raise InputError(f"{path}: the header must be {','.join(COLUMNS)}, got {','.join(header) or 'nothing'}")
+        fixes, seen = [], {}
+        for cells in reader:
+            if not any(cells):
+                continue  # blank lines, as some editors add at the end
+            where = f"{path}, line {reader.line_num}"
+            if len(cells) != len(COLUMNS):
+                raise InputError(f"{where}: expected {len(COLUMNS)} cells ({','.join(COLUMNS)}), got {len(cells)}")
+            index, file, given, action, new = cells
+            index = _integer(index, "index", where)
+            if index in seen:
+                raise InputError(f"{where}: index {index} again (first on line {seen[index]}); one row per image")
+            seen[index] = reader.line_num
+            if action not in ACTIONS:
+                raise InputError(f"{where}: unknown action {action!r}; use keep, relabel or drop")
+            if action == "relabel" and not new:
+                raise InputError(f"{where}: relabel needs a new_label")
+            if action != "relabel" and new:
+                raise InputError(f"{where}: new_label is for relabel only; leave it empty for {action}")
+            fixes.append(Fix(reader.line_num, index, file, _integer(given, "given_label", where), action,
+                             _integer(new, "new_label", where) if new else None))
     except OSError as e:
         raise InputError(f"--label_fixes {path}: cannot read it ({e.strerror or e})") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
-    return fixes
+    return fixes, content
 
 
 def file_of(data, index):
@@ -105,7 +115,7 @@ def apply_label_fixes(data, path):
     """The Dataset with the fixes of `path` applied: relabel rows change noisy_labels, drop rows mark `dropped`;
     the labels on disk are kept as original_labels and the file is described in label_fixes. Every row is checked
     against the data set first; the first bad one is an InputError naming its line."""
-    fixes = read_label_fixes(path)
+    fixes, content = read_label_fixes(path)
     n, labels = len(data.noisy_labels), data.noisy_labels
     for fix in fixes:
         where = f"{path}, line {fix.line}"
@@ -130,30 +140,32 @@ def apply_label_fixes(data, path):
     if dropped.all():
         raise InputError(f"{path}: the fixes drop every image of the data set; nothing would be left to train on")
     relabelled, n_dropped = int(np.sum(fixed != labels)), int(dropped.sum())
-    info = dict(path=path, sha256=file_sha256(path), rows=len(fixes), relabelled=relabelled, dropped=n_dropped,
-                kept=len(fixes) - relabelled - n_dropped)  # keep rows, and relabel rows to the label they had
+    info = dict(path=path, sha256=hashlib.sha256(content).hexdigest(), rows=len(fixes), relabelled=relabelled,
+                dropped=n_dropped, kept=len(fixes) - relabelled - n_dropped)  # keep rows, and relabels to the same label
     if data.clean_labels is not None:  # the share of wrong labels among the images training uses, before and after
         info.update(wrong_before=float(np.mean(labels != data.clean_labels)),
                     wrong_after=float(np.mean((fixed != data.clean_labels)[~dropped])))
-    return dataclasses.replace(data, noisy_labels=fixed, original_labels=labels, dropped=dropped, label_fixes=info)
+    return dataclasses.replace(data, noisy_labels=fixed, original_labels=labels, dropped=dropped,
+                               label_fixes=LabelFixes(fixes, content, info))
+
+
+def as_row(fix):
+    """A Fix as the row of a fixes file: (index, file, given_label, action, new_label)."""
+    return fix.index, fix.file, fix.given_label, fix.action, "" if fix.new_label is None else fix.new_label
 
 
 def fix_row(data, index, new_label):
     """The row taking image `index` from its label on disk to new_label: relabel, or keep where they are equal."""
-    original = data.noisy_labels if data.original_labels is None else data.original_labels
-    same = new_label == original[index]
-    return (int(index), file_of(data, index), int(original[index]), "keep" if same else "relabel",
-            "" if same else int(new_label))
+    on_disk = data.labels_on_disk[index]
+    same = new_label == on_disk
+    return int(index), file_of(data, index), int(on_disk), "keep" if same else "relabel", "" if same else int(new_label)
 
 
 def suggested_fixes(data, flagged, suggested):
     """The rows of label_fixes_suggested.csv: every flagged image relabelled to its suggested class where that
     differs from the label the run trained on; on a run trained with fixes, on top of those fixes (their other rows
     are kept), so that the file can again be applied to the data set on disk."""
-    rows = {}
-    if data.label_fixes is not None:
-        rows = {fix.index: (fix.index, fix.file, fix.given_label, fix.action, "" if fix.new_label is None else
-                            fix.new_label) for fix in read_label_fixes(data.label_fixes["path"])}
+    rows = {} if data.label_fixes is None else {fix.index: as_row(fix) for fix in data.label_fixes.rows}
     for i in np.flatnonzero(np.asarray(flagged) & (np.asarray(suggested) != data.noisy_labels)):
         rows[int(i)] = fix_row(data, i, suggested[i])
     return [rows[i] for i in sorted(rows)]

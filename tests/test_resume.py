@@ -110,8 +110,9 @@ def test_finished_run_is_not_overwritten_silently(fake_run):
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
     assert outputs(results / "cifar10_worst_seed_0") == before
     assert "--resume" in again.stderr  # offered: keeping the finished run is a no-op
-    resumed = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume")
-    assert resumed.returncode == 0 and "holds a finished run: nothing to resume" in resumed.stdout
+    resumed = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
+                  "--noise_path", fake_run["tmp"] / "gone.pt")  # a requeued job needs no data to do nothing
+    assert resumed.returncode == 0 and "holds a finished run: nothing to resume" in resumed.stdout, resumed.stderr
     assert outputs(results / "cifar10_worst_seed_0") == before
     train(fake_run["flags"], results, "--overwrite", "--seed", "0")
     assert outputs(results / "cifar10_worst_seed_0") == before  # same seed: the same run again

@@ -502,6 +502,44 @@ def test_synthetic_decisions_filters_reload_and_download(browser, synthetic_page
 
 
 @needs_browser
+def test_undo_picker_focus_filters_and_stored_decisions_of_other_pages(browser, synthetic_page):
+    """An undone decision never comes back by a later undo; the picker keeps the keys whatever is clicked in it and
+    Tab does not leave it; a filter select that kept the focus does not take the page's letter keys; decisions
+    about images a page does not show (another --review_max_images) stay stored."""
+    b, order = browser.open(synthetic_page["path"], clear=True), synthetic_page["table"]["index"][synthetic_page["rows"]]
+    by_index = synthetic_page["by_index"]
+    decisions = lambda: dict(b.js("return window.bkdReview.decisions()"))  # noqa: E731
+    b.keys("g")  # A kept ...
+    b.keys("k", "a")  # ... then accepted ...
+    b.keys("k", "u")  # ... and that undone: A is undecided
+    assert decisions() == {} and b.current() == order[0]
+    b.keys("u")  # on an undecided card: the last decision made, and none is left
+    assert decisions() == {}
+    b.keys("c")
+    b.css("#picker-title")[0].click()  # a click beside the input ...
+    b.keys(b.key("TAB"), "fr")  # ... and a Tab keep the keys in the picker
+    assert b.js("return document.activeElement.id") == "picker-input"
+    assert b.js("return document.getElementById('picker-input').value") == "fr"
+    b.keys(b.key("ESCAPE"))
+    assert b.js("return document.getElementById('picker').hidden") and decisions() == {}
+    b.css("#f-sugg")[0].click()  # opened and closed without a choice: the select keeps the focus
+    b.keys(b.key("ESCAPE"))
+    b.js("document.getElementById('f-sugg').focus()")
+    b.keys("a")  # acts on the focused card, and the filter stays "all"
+    assert b.js("return document.getElementById('f-sugg').value") == "-1"
+    assert decisions() == {int(order[0]): by_index[int(order[0])]["suggested"]}
+    key = "bkd-review:" + synthetic_page["data"]["storage_key"]
+    stored = json.loads(b.js("return localStorage.getItem(arguments[0])", key))
+    stored["decisions"]["123456"] = 3  # an image this page does not show
+    b.js("localStorage.setItem(arguments[0], arguments[1])", key, json.dumps(stored))
+    b.driver.refresh()
+    b.wait("return !!window.bkdReview")
+    b.keys("g")
+    assert json.loads(b.js("return localStorage.getItem(arguments[0])", key))["decisions"]["123456"] == 3
+    assert b.severe() == []
+
+
+@needs_browser
 def test_csv_fields_are_quoted_as_python_does(browser, synthetic_page):
     b = browser.open(synthetic_page["path"])
     fields = ["plain.png", "a,b.png", 'say "hi".png', "two\nlines.png", "crlf\r\n.png", "", " space .png",

@@ -182,6 +182,7 @@ def test_failed_capture_stops_the_run_with_its_cause_and_the_run_continues_eager
     resumed = train(flags, tmp / "r", "--resume", "--no-cuda_graph")
     assert "resuming from" in resumed.stdout
     assert outputs(run_dir) == outputs(tmp / "reference" / "cifar10_worst_seed_0")
+    assert json.loads((run_dir / "metrics.json").read_text())["capture_failure"] == failure  # still on record
 
 
 def test_gpu_smoke_script_runs_on_the_cpu():

@@ -59,10 +59,11 @@ def load_network(path, arch, num_classes):
 # ---------------------------------------------------------------------------- training state (--resume)
 STATE_FILE = "state.pth.tar"
 OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar",
-                "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json", STATE_FILE,
+                "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json", "label_fixes.csv",
+                STATE_FILE,
                 # written by detection.py and plots.py from the files above: stale once the run is trained again
-                "detection.json", "review.html", "label_fixes_suggested.csv", "confidence.png", "scores_histogram.png", "precision_recall.png",
-                "suspicious_images.png")
+                "detection.json", "review.html", "label_fixes_suggested.csv", "confidence.png",
+                "scores_histogram.png", "precision_recall.png", "suspicious_images.png")
 STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_agree", "full_pred",
               "full_pred_agree", "groups", "rng", "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
@@ -109,32 +110,33 @@ def load_state(path):
     return state
 
 
+def saved_metrics(out_dir):
+    """The metrics.json in the run directory as a dict; {} when there is none (or it cannot be read)."""
+    try:
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def prepare_run_dir(out_dir, args):
-    """Check the run directory against --resume / --overwrite: (state to resume from or None, whether the run
-    there is finished, which only --resume accepts: nothing left to do). Deletes outputs only for --overwrite."""
+    """Check the run directory against --resume / --overwrite: the state to resume from, or None to start from
+    scratch. Deletes outputs only for --overwrite. (The caller has dealt with --resume of a finished run.)"""
     state_path = os.path.join(out_dir, STATE_FILE)
-    metrics_path = os.path.join(out_dir, "metrics.json")
     for name in OUTPUT_FILES:  # temporary files of a write that a SIGKILL cut short (the real files are intact)
         for stale in glob.glob(os.path.join(glob.escape(out_dir), f".{name}.*.tmp")):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
-    finished = False
-    if os.path.isfile(metrics_path):
-        try:
-            with open(metrics_path) as f:
-                finished = bool(json.load(f).get("finished"))
-        except (OSError, ValueError):
-            finished = False
+    finished = bool(saved_metrics(out_dir).get("finished"))
     if args.overwrite:
         for name in OUTPUT_FILES:
             with contextlib.suppress(FileNotFoundError):  # under torchrun every rank gets here
                 os.remove(os.path.join(out_dir, name))
-        return None, False
-    if args.resume:
-        if finished:
-            return None, True
+        return None
+    if args.resume and not finished:
         if not os.path.isfile(state_path):
-            return None, False  # killed before its first epoch ended (or never started): start from scratch
+            return None  # killed before its first epoch ended (or never started): start from scratch
         state = load_state(state_path)
         saved = state["metrics"]["args"]
         changed = [f"--{k} {saved.get(k)} -> {getattr(args, k)}" for k in RESUME_MUST_MATCH
@@ -144,10 +146,10 @@ def prepare_run_dir(out_dir, args):
                              f"use the same flags, or --overwrite to start over")
         if args.n_epoch <= state["epoch"]:
             raise InputError(f"--n_epoch {args.n_epoch}: the saved run has already done {state['epoch'] + 1} epochs")
-        return state, False
+        return state
     if finished:
         raise InputError(f"{out_dir} already holds a finished run; pass --resume to keep it (nothing to do), "
                          f"--overwrite to train it again, or choose another --seed or --results_dir")
     if os.path.isfile(state_path):
         raise InputError(f"{out_dir} holds an unfinished run; pass --resume to continue it, or --overwrite to start over")
-    return None, False
+    return None

@@ -96,7 +96,8 @@ def review_page(*, run, cards, images, class_names, storage_key, base_fixes=()):
     side = int(images.shape[1]) if len(cards) else 0
     data = dict(run=_jsonable(dict(run)), class_names=[str(n) for n in class_names], storage_key=str(storage_key),
                 base_fixes=[_base_fix(r) for r in base_fixes], image_side=side, thumb_mime=mime,
-                pixelated=side <= JPEG_MAX_SIDE, cards=cards, thumbs=thumbs)  # enlarged: crisp pixels, no blur
+                pixelated=side <= JPEG_MAX_SIDE, cards=cards, thumbs=thumbs)  # enlarged without blur (a JPEG's
+    # artefacts then show as sharply as its pixels: the price of pages small enough to mail)
     with open(TEMPLATE, encoding="utf-8") as f:
         parts = f.read().split(PLACEHOLDER)
     if len(parts) != 2:
