@@ -26,7 +26,8 @@ from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, r
                               save_json, save_npy, save_state, saved_metrics)
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
-from utils.engine import accuracy, agreement_pass, make_optimizer, resolve_precision, seed_everything, synchronize
+from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, resolve_precision, seed_everything,
+                          synchronize)
 from utils.label_issues import write_label_issues
 from utils.metrics import detection_report
 from utils.step import TrainStep, graph_capturable
@@ -53,11 +54,11 @@ def main(args):
     if args.deterministic:  # before CUDA starts: cuBLAS reads it once
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    rank, world, device = init_distributed(args.device)
+    rank, world, device = init_distributed(get_device(args.device))
     MAIN_PROCESS = rank == 0
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise InputError("--sync_bn needs torchrun with more than one process on CUDA devices")
-    precision = resolve_precision(args.precision, device)
+    precision, precision_reason = resolve_precision(args.precision)
     seed_everything(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic  # autotuned kernels may differ between runs
@@ -76,9 +77,13 @@ def main(args):
     if not len(train_idx):
         raise InputError(f"--label_fixes {args.label_fixes} drops every image of the training split; nothing to train on")
     state = prepare_run_dir(out_dir, args)  # refuses to overwrite a run unless asked
+    saved_precision = None if state is None else state["metrics"].get("precision", precision)
+    if saved_precision not in (None, precision):  # --precision auto meant bf16 on CUDA before: a run keeps its own
+        raise InputError(f"--resume: the saved run trained in {saved_precision}, but {precision_reason}; pass "
+                         f"--precision {saved_precision} to finish it as it began")
     log("arguments: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-    log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision}, "
-        f"results in {out_dir}")
+    log(f"device {device}" + (f" x {world} processes" if world > 1 else "") + f", precision {precision} "
+        f"({precision_reason}), results in {out_dir}")
     try:  # fail now, not after hours of training, when the results cannot be written
         os.makedirs(out_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()
@@ -157,8 +162,8 @@ def main(args):
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
-    metrics = dict(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph,
-                   label_fixes=fixes, confidence=[],
+    metrics = dict(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
+                   cuda_graph=use_graph, label_fixes=fixes, confidence=[],
                    tipping_epoch=None, tipping_found_epoch=None, train_split=None, detection_split=None,
                    group_sizes=None, detection=None, val=[], test=[], best_val_accuracy=None, best_epoch=None,
                    final_test_accuracy=None, warnings=[], finished=False)
@@ -174,8 +179,8 @@ def main(args):
         groups.copy_(state["groups"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
-        metrics.update(args=vars(args), device=str(device), precision=precision, cuda_graph=use_graph,
-                       label_fixes=fixes)
+        metrics.update(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
+                       cuda_graph=use_graph, label_fixes=fixes)
         if previous_metrics.get("capture_failure"):  # written after the saved state: keep the record of it
             metrics["capture_failure"] = previous_metrics["capture_failure"]
         start_epoch = state["epoch"] + 1

@@ -3,15 +3,16 @@ write what a user needs to act on it.
 
 Precision, recall and F1 of the flagged labels, as the reference prints them; then the ranking by the detection
 scores without a threshold (AUROC, average precision, precision at k) and how often the suggested label is the
-true one. The same numbers go to detection.json in the run directory. It also writes review.html (a page to review
-the flagged and uncertain images and download label fixes) and label_fixes_suggested.csv (every flagged image
-relabelled to BKD's suggestion), both ready for --label_fixes."""
+true one. The same numbers go to detection.json in the run directory. It also writes review.html, a page to review
+the flagged and uncertain images and download the label fixes to train with (--label_fixes). No fixes without a
+review: no automatic policy is known to help (data/fixes.py SUGGESTED_POLICY, docs/review.md)."""
 import json
 import os
 
 import numpy as np
 
-from data.fixes import as_row, file_sha256, suggested_fixes, write_label_fixes
+from data.fixes import (FIX_POLICIES, SUGGESTED_POLICY, as_row, file_sha256, run_policy_fixes, upper_mean,
+                        write_label_fixes)
 from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json
@@ -84,13 +85,9 @@ def main(args):
     save_json(path, report)
     print(f"written: {path}")
     if table is None:
-        print("no review.html and no label_fixes_suggested.csv: they need label_issues.csv; train the run again")
+        print("no review.html: it needs label_issues.csv; train the run again")
         return
-    rows = suggested_fixes(data, flagged, suggested)
-    path = os.path.join(out_dir, "label_fixes_suggested.csv")
-    write_label_fixes(path, rows)
-    print(f"written: {path} ({int(np.sum(flagged & (suggested != data.noisy_labels)))} flagged images relabelled to "
-          f"the suggested class; train on it with --label_fixes {path})")
+    print(suggested_fixes_line(os.path.join(out_dir, "label_fixes_suggested.csv"), data, table))
     path = os.path.join(out_dir, "review.html")
     cards = review_cards(table, data, args.review_max_images)
     size = write_review_page(path, run=review_header(args, out_dir, data, flagged, table, report, len(cards)),
@@ -98,6 +95,21 @@ def main(args):
                              class_names=class_names(data), storage_key=storage_key(out_dir),
                              base_fixes=[] if fixes is None else [as_row(fix) for fix in data.label_fixes.rows])
     print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
+
+
+def suggested_fixes_line(path, data, table):
+    """Write the fixes of SUGGESTED_POLICY to `path`, or remove an earlier version's file there when there is no such
+    policy; the line that says which."""
+    if SUGGESTED_POLICY is None:
+        stale = os.path.isfile(path)
+        if stale:
+            os.remove(path)  # an earlier version relabelled every flagged image: it made the model worse
+        return (f"no label fixes without a review{f' ({path} of an earlier version removed)' if stale else ''}: "
+                f"none is known to help (docs/review.md); review review.html and train with the fixes it downloads")
+    rows = run_policy_fixes(data, SUGGESTED_POLICY, table)
+    write_label_fixes(path, rows)
+    return (f"written: {path} ({len(rows)} rows: {FIX_POLICIES[SUGGESTED_POLICY]}; train on it with --label_fixes "
+            f"{path})")
 
 
 def _number(x, decimals=4):
@@ -149,7 +161,8 @@ def review_header(args, out_dir, data, flagged, table, report, shown):
                 images=len(data.noisy_labels), flagged=int(flagged.sum()),
                 uncertain=int(np.sum(np.asarray(table["group"]) == "3")), shown=shown, cap=args.review_max_images,
                 detection={k: report.get(k) for k in scores} if "f1" in report else None,
-                label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)))
+                label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)),
+                sure_cut=upper_mean(table["group"], table["agreement_given"]))
 
 
 def class_names(data):

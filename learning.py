@@ -14,7 +14,7 @@ from utils.engine import accuracy, get_device, resolve_precision
 
 def main(args):
     device = get_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision)[0]
     out_dir = run_dir(args)
     prefix = "best_" if args.checkpoint == "best" else ""
     data = load_data(args)
@@ -37,9 +37,13 @@ def main(args):
     print(f"test accuracy: {acc:.2f} %")
 
 
-if __name__ == "__main__":
+def get_parser():
     parser = get_args_parser(__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="final", choices=("final", "best"),
                         help="final: teacher/student.pth.tar (the reference's choice); "
                              "best: best_teacher/best_student.pth.tar, chosen by noisy-label validation")
-    run_main(main, parser)
+    return parser
+
+
+if __name__ == "__main__":
+    run_main(main, get_parser())

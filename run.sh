@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
-# Reproduce BKD runs: train (blind_knowledge_dist_training.py), evaluate (learning.py), score detection (detection.py),
-# draw the run's pictures (plots.py, when matplotlib is installed), then summarise the seeds (summarize.py). Each
-# run's logs go to results/<dataset>_<noise>_seed_<seed>/{training,learning,detection,plots}.log.
-#
-#   bash run.sh                                    # the reference run: CIFAR-10N aggre, worst, rand1, seed 0
-#   DATASET=cifar100 bash run.sh                   # CIFAR-100N noisy100
-#   NOISE_TYPES="worst" SEEDS="1 2 3" bash run.sh --val_ratio 0   # extra flags go to all three scripts
-#   DATASET=all SEEDS="1 2 3" GPUS="0 1 2 3" bash run.sh          # CIFAR-10N and -100N, 12 runs on 4 GPUs
-#   DRY_RUN=1 GPUS="0 1" bash run.sh               # print every job's GPU and commands, run nothing
-#   DATASET=synthetic bash run.sh                  # offline demo on CPU, a few minutes
-#   DATASET=folder RESULTS_DIR=results/pets bash run.sh --data_dir ~/pets       # your image folder (train/<class>/...)
-#   DATASET=npz SEEDS="0 1 2" bash run.sh --data_dir ~/pets.npz                 # your arrays (train_images, ...)
-#
-# Settings: DATASET (cifar10 | cifar100 | synthetic | folder | npz | all = cifar10 and cifar100 with their default
-# noise types; folder and npz have the one noise type "given" and need --data_dir among the arguments),
-# NOISE_TYPES (or NOISE_TYPE; single dataset only), SEEDS (or SEED), RESULTS_DIR (default results),
-# PYTHON (default python), GPUS (e.g. "0 1 2 3": run jobs concurrently, each with CUDA_VISIBLE_DEVICES set to
-# its GPU; unset = one job after another), JOBS_PER_GPU (default 1), DRY_RUN (1 = print, run nothing).
+# Reproduce BKD runs: train, evaluate, score detection, draw the pictures, summarise the seeds. `bash run.sh --help`
+# says how; the usage text below is the one place that describes it.
 set -uo pipefail
 cd "$(dirname "$0")"
+
+usage() {
+  cat <<'USAGE'
+usage: [VARIABLE=value ...] bash run.sh [flags for the three scripts ...]
+
+Trains BKD (blind_knowledge_dist_training.py), then for each run evaluates it (learning.py), scores its detection
+(detection.py) and draws its pictures (plots.py, when matplotlib is installed); at the end, the seed summary
+(summarize.py). Flags are passed to every script, e.g. --val_ratio 0, --label_fixes FILE, --data_dir DIR.
+
+Environment variables (default in brackets):
+  DATASET       cifar10 | cifar100 | synthetic | folder | npz | all (cifar10 and cifar100)        [cifar10]
+  NOISE_TYPES   label sets of one dataset (NOISE_TYPE works too)   [aggre worst rand1; noisy100; given for own data]
+  SEEDS         seeds (SEED works too)                                                            [0]
+  RESULTS_DIR   where the run directories go                                                      [results]
+  PYTHON        the Python that runs the scripts                                                  [python]
+  GPUS          GPU ids to run jobs on concurrently, e.g. "0 1 2 3"          [unset: one job after another]
+  JOBS_PER_GPU  concurrent jobs per GPU                                                           [1]
+  DRY_RUN       1 = print every job's GPU and command lines, run nothing                          [0]
+
+Examples:
+  DATASET=synthetic bash run.sh                        # the offline demo on a CPU, a few minutes
+  bash run.sh                                          # the reference runs: CIFAR-10N aggre, worst, rand1, seed 0
+  DATASET=all SEEDS="1 2 3" GPUS="0 1 2 3" bash run.sh --val_ratio 0   # CIFAR-10N and -100N, 12 runs on 4 GPUs
+
+Logs: RESULTS_DIR/<dataset>_<noise type>_seed_<seed>/{training,learning,detection,plots}.log, next to the run's
+outputs (with --label_fixes FILE the directory ends in _fixes_<8 hex digits of the file's sha256>); the seed summary
+goes to RESULTS_DIR/summary.md and summary.csv. More: docs/reproducing.md.
+USAGE
+}
+for arg in "$@"; do
+  case "$arg" in -h|--help) usage; exit 0 ;; esac
+done
+
 
 DATASET=${DATASET:-cifar10}
 PYTHON=${PYTHON:-python}

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from utils import InputError
-from . import AUGMENT, MIN_IMAGE_SIZE, Dataset
+from .dataset import AUGMENT, MIN_IMAGE_SIZE, Dataset
 
 REQUIRED = ("train_images", "train_labels")
 OPTIONAL = ("test_images", "test_labels", "clean_labels", "class_names")

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import InputError, RunError, atomic_write
-from . import AUGMENT, Dataset
+from .dataset import AUGMENT, Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 CACHE_VERSION = 1  # part of the cache key: bump it when decoding changes, so that no old cache is used

@@ -18,6 +18,10 @@ Why it looks the way it does:
   label usually names the confusable partner class.  Exactly
   ``round(rate * n_train)`` labels are flipped per set.
 """
+import hashlib
+import os
+import zipfile
+
 import numpy as np
 
 NOISE_RATES = {"aggre": 0.0901, "rand1": 0.1723, "rand2": 0.1812, "rand3": 0.1764, "worst": 0.4021}
@@ -201,3 +205,37 @@ def make_synthetic(seed: int = 0, n_train: int = 4000, n_test: int = 1000) -> di
     return {"train_images": train_images, "train_labels": train_labels,
             "test_images": test_images, "test_labels": test_labels,
             "noisy_labels": noisy}
+
+
+def cache_path():
+    """Where load_synthetic keeps the arrays: ~/.cache/bkd (or $XDG_CACHE_HOME/bkd), in a file named by a hash of
+    this module's source and numpy's version (its generators draw the images), so that no stale cache is read."""
+    with open(__file__, "rb") as f:
+        key = hashlib.sha256(f.read() + np.__version__.encode()).hexdigest()[:16]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "bkd", f"synthetic_{key}.npz")
+
+
+def load_synthetic() -> dict:
+    """make_synthetic() with its defaults, drawn once per user: drawing takes seconds and every script of a run needs
+    it. The arrays are cached at cache_path(); a cache that cannot be read is drawn again, one that cannot be
+    written (a read-only home) is not kept."""
+    path = cache_path()
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+            d["noisy_labels"] = {key: z[f"noisy_{key}"] for key in LABEL_KEYS.values()}
+        if d["train_images"].shape == (4000, SIZE, SIZE, 3) and d["test_images"].shape == (1000, SIZE, SIZE, 3):
+            return d
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    d = make_synthetic()
+    from utils import RunError, atomic_write  # here: the generator itself needs numpy only
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        arrays = {k: v for k, v in d.items() if k != "noisy_labels"}
+        arrays.update({f"noisy_{key}": v for key, v in d["noisy_labels"].items()})
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except (OSError, RunError):
+        pass
+    return d

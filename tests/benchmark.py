@@ -349,7 +349,7 @@ def main():
     p.add_argument("--eval_batch_size", type=int, default=1024, help="batch size of the full-set pass")
     p.add_argument("--steps", type=int, default=200, help="timed training steps")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first (cudnn autotuning, capture, compile)")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on CUDA")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="auto: fp32, as the scripts")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--baseline_workers", type=int, default=4, help="DataLoader workers of the reference-style baseline")
@@ -366,7 +366,7 @@ def main():
     if args.steps < 1:
         p.error("--steps must be at least 1")
     device = get_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision)[0]
     args.device = str(device)
     cuda = device.type == "cuda"
     loop_epochs = args.loop_epochs if args.loop_epochs is not None else (3 if cuda else 0)

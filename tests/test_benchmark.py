@@ -15,6 +15,8 @@ from tests.conftest import ROOT, script_env
 from utils.engine import make_optimizer
 from utils.step import TrainStep
 
+pytestmark = pytest.mark.slow  # starts scripts: not in the quick tier
+
 TINY = ["--arch", "small_cnn", "--n_images", 512, "--steps", 3, "--warmup", 2, "--device", "cpu", "--no_baseline",
         "--batch_size", 64, "--eval_batch_size", 128]
 NUMBER = r"[\d,]+(\.\d+)?"

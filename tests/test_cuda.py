@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from models import build_model
-from tests.conftest import N_SYNTHETIC, SYNTHETIC_SCHEDULE, run
-from tests.test_resume import kill_and_resume, outputs, train
+from tests.conftest import N_SYNTHETIC, SYNTHETIC_SCHEDULE, outputs, run, train
+from tests.test_resume import kill_and_resume
 from utils.engine import make_optimizer
 from utils.step import CaptureFailed, TrainStep
 
@@ -110,7 +110,7 @@ def test_deterministic_cuda_runs_repeat_byte_for_byte_captured_or_not(fake_run):
     """Twice captured, once eager: identical bytes. The last also shows that a replayed step computes bit for bit
     what the eager step does, which --resume relies on (a resumed run warms up eagerly again)."""
     for name, mode in (("a", "--cuda_graph"), ("b", "--cuda_graph"), ("eager", "--no-cuda_graph")):
-        train([*fake_run["flags"], *DETERMINISTIC, mode], fake_run["tmp"] / name, cuda=True)
+        train([*fake_run["flags"], "--n_epoch", 40, *DETERMINISTIC, mode], fake_run["tmp"] / name, cuda=True)
     a, b, eager = (fake_run["tmp"] / d / "cifar10_worst_seed_0" for d in ("a", "b", "eager"))
     assert json.loads((a / "metrics.json").read_text())["tipping_epoch"] is not None
     assert outputs(a) == outputs(b)

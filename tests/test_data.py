@@ -205,6 +205,32 @@ def test_synthetic_dataset():
     assert off.max(axis=1).sum() > 0.4 * off.sum()  # class-dependent: most flips go to one partner class
 
 
+@pytest.mark.slow  # draws the synthetic data set from scratch, three times
+def test_synthetic_data_set_is_drawn_once_and_cached(tmp_path, monkeypatch):
+    from data import synthetic
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = synthetic.cache_path()
+    assert path.startswith(str(tmp_path / "cache" / "bkd")) and not os.path.exists(path)
+    drawn = synthetic.make_synthetic()
+    same = lambda d: all(np.array_equal(d[k], drawn[k]) and d[k].dtype == drawn[k].dtype  # noqa: E731
+                         for k in ("train_images", "train_labels", "test_images", "test_labels")) and all(
+        np.array_equal(d["noisy_labels"][k], v) for k, v in drawn["noisy_labels"].items())
+    assert same(synthetic.load_synthetic()) and os.path.isfile(path)  # drawn, then kept
+    drawn_again = []
+    monkeypatch.setattr(synthetic, "make_synthetic", lambda: drawn_again.append(1) or drawn)
+    assert same(synthetic.load_synthetic()) and drawn_again == []  # read from the cache
+    with open(path, "wb") as f:
+        f.write(b"PK\x03\x04 not a zip")  # a cache cut short: drawn again, and written again
+    assert same(synthetic.load_synthetic()) and drawn_again == [1]
+    assert same(synthetic.load_synthetic()) and drawn_again == [1]
+    os.remove(path)
+    os.chmod(os.path.dirname(path), 0o500)  # a read-only cache folder: drawn every time, no error
+    try:
+        assert same(synthetic.load_synthetic()) and drawn_again == [1, 1] and (os.getuid() == 0 or not os.path.exists(path))
+    finally:
+        os.chmod(os.path.dirname(path), 0o700)
+
+
 # ---------------------------------------------------------------------------- device batches
 def make_batches(n=300, pad_mode="reflect", flip_first=True, augment=True, shuffle=True, seed=0, batch_size=64,
                  size=32):

@@ -53,6 +53,7 @@ def test_bf16_training_step_keeps_losses_fp32_and_finite(trained_pair):
     assert 1 / 3 * len(y) <= confidence <= len(y)  # a sum of highest probabilities of 3 classes
 
 
+@pytest.mark.slow
 def test_compiled_network_saves_clean_keys(tmp_path):
     model = build_model("preresnet18", 10)
     compiled = torch.compile(model)

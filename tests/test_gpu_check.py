@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts scripts: not in the quick tier
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ("OUT", "PYTHON", "GPU_CHECK_STAGE_S", "GPU_CHECK_MAX_S", "TORCH_LOGS", "FAKE_CUDA", "FAKE_DIR", "FAKE_IDS")
 PROBE = "-c import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
@@ -273,6 +275,12 @@ def test_stage_budget_used_up_leaves_later_checks_not_run(tmp_path, leftovers):
     assert r.stdout.splitlines()[-3:] == [f"| {test} | not run: stage budget used up | - |" for test in IDS[1:]]
 
 
+def as_from_a_terminal():
+    """SIGINT as a shell started from a terminal gets it. A suite started in the background (`pytest ... &`, nohup)
+    ignores SIGINT, its children inherit that, and bash cannot trap a signal ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_the_running_check_and_keeps_the_finished_rows(tmp_path, leftovers, sig, code):
     """The third check starts and hangs; the rows of the first two are already in summary.md; SIGTERM (a scheduler
@@ -280,7 +288,8 @@ def test_signal_stops_the_running_check_and_keeps_the_finished_rows(tmp_path, le
     started = tmp_path / "started"
     rules = [("::test_c", f'echo "third started"; touch {started}; sleep 30')]
     proc = subprocess.Popen(["bash", "tests/gpu_check.sh", "all"], cwd=ROOT, env=setup(tmp_path, rules),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     try:
         deadline = time.monotonic() + 30
         while not started.exists():

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from data import Dataset, load_dataset
-from data.fixes import COLUMNS, apply_label_fixes, read_label_fixes, run_dir_suffix, suggested_fixes, write_label_fixes
+from data.fixes import (COLUMNS, apply_label_fixes, policy_fixes, read_label_fixes, run_dir_suffix, run_policy_fixes,
+                        write_label_fixes)
 from tests.conftest import ROOT, run
-from tests.test_own_data import save_image, write_folder
+from tests.test_own_data import write_folder
 from utils import InputError, printable_path
 from utils.cli import check_args, get_args_parser, run_dir
 from utils.label_issues import read_label_issues, write_label_issues
@@ -94,17 +95,23 @@ def test_data_without_files_takes_rows_without_files(tmp_path):
         apply_label_fixes(small_data(with_files=False), fixes_file(tmp_path / "g.csv", "2,x.png,2,relabel,1"))
 
 
-def test_suggested_fixes_alone_and_on_top_of_the_fixes_a_run_was_trained_with(tmp_path):
+def relabel_flagged(data, flagged, suggested):
+    """The fixes of the policy "relabel": every flagged image to its suggestion."""
+    groups = np.where(flagged, "4", "1")
+    return policy_fixes(data, "relabel", groups, suggested, np.ones(len(groups)), np.zeros(len(groups)))
+
+
+def test_relabel_fixes_alone_and_on_top_of_the_fixes_a_run_was_trained_with(tmp_path):
     data = small_data()
     flagged = np.array([False, True, True, False, True, False])
     suggested = np.array([0, 1, 1, 0, 0, 2])  # image 1: suggestion = its label, no row
-    assert suggested_fixes(data, flagged, suggested) == [
+    assert relabel_flagged(data, flagged, suggested) == [
         (2, "/data/pets/train/frog/2.png", 2, "relabel", 1), (4, "/data/pets/train/dog/4.png", 1, "relabel", 0)]
     # trained with: image 0 kept (a reviewer's keep), 2 relabelled to 0, 3 dropped; then flagged again: image 2, now
     # labelled 0, is suggested 2, its label on disk (a keep); image 5 is suggested 1 (a relabel)
     fixed = apply_label_fixes(data, fixes_file(tmp_path / "f.csv", "0,,0,keep,", "2,,2,relabel,0", "3,,0,drop,"))
     flagged = np.array([False, False, True, False, False, True])
-    rows = suggested_fixes(fixed, flagged, np.array([0, 1, 2, 0, 1, 1]))
+    rows = relabel_flagged(fixed, flagged, np.array([0, 1, 2, 0, 1, 1]))
     assert rows == [(0, "", 0, "keep", ""), (2, "/data/pets/train/frog/2.png", 2, "keep", ""), (3, "", 0, "drop", ""),
                     (5, "/data/pets/train/frog/5.png", 2, "relabel", 1)]
     write_label_fixes(tmp_path / "again.csv", rows)  # and the result applies to the data set on disk again
@@ -145,17 +152,19 @@ def test_run_directory_of_a_run_with_fixes(tmp_path):
     assert missing.returncode == 2 and "is not a readable file" in missing.stderr
 
 
-def test_suggested_fixes_of_a_real_run_apply(synthetic_run):
-    """label_fixes_suggested.csv, which detection.py writes: every flagged image whose suggestion differs from its
-    label, relabelled to it, given_label = its label; applied, it leaves fewer wrong labels."""
+def test_policy_fixes_of_a_real_run_apply(synthetic_run, tmp_path):
+    """The fixes of the policy "relabel" from a run's label_issues.csv: every flagged image whose suggestion differs
+    from its label, relabelled to it, given_label = its label; written and applied, they leave fewer wrong labels."""
     d = synthetic_run["dir"]
     table = read_label_issues(d / "label_issues.csv", 4000)
     expected = sorted((int(i), "", int(g), "relabel", str(s)) for i, g, s, f in zip(
         table["index"], table["given_label"], table["suggested_label"], table["flagged"]) if f and g != s)
-    with open(d / "label_fixes_suggested.csv", newline="") as f:
+    data = load_dataset("synthetic", "worst", None)
+    write_label_fixes(tmp_path / "relabel.csv", run_policy_fixes(data, "relabel", table))
+    with open(tmp_path / "relabel.csv", newline="") as f:
         header, *rows = csv.reader(f)
     assert tuple(header) == COLUMNS and [(int(i), p, int(g), a, n) for i, p, g, a, n in rows] == expected
-    fixed = apply_label_fixes(load_dataset("synthetic", "worst", None), str(d / "label_fixes_suggested.csv"))
+    fixed = apply_label_fixes(data, str(tmp_path / "relabel.csv"))
     assert fixed.label_fixes.info["relabelled"] == len(expected) > 500
     assert fixed.label_fixes.info["wrong_after"] < fixed.label_fixes.info["wrong_before"] - 0.1
 
@@ -216,9 +225,10 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     assert lines[1] == f"flagged as noisy: {flagged.sum()} of 95 images kept"
     assert lines[2] == "truly noisy: 24"  # the reference's line as it is; the first line says what it counts
     assert json.loads((d / "detection.json").read_text()) == m["detection"]
-    assert (d / "review.html").is_file() and (d / "label_fixes_suggested.csv").is_file()
-    again = apply_label_fixes(load_dataset("cifar10", "worst", fake_cifar["dir"], str(tmp_path / "labels.pt")),
-                              str(d / "label_fixes_suggested.csv"))  # the suggestions on top of the fixes, applicable
+    assert (d / "review.html").is_file() and not (d / "label_fixes_suggested.csv").exists()  # docs/review.md
+    on_disk = load_dataset("cifar10", "worst", fake_cifar["dir"], str(tmp_path / "labels.pt"))
+    write_label_fixes(tmp_path / "again.csv", run_policy_fixes(apply_label_fixes(on_disk, path), "relabel", table))
+    again = apply_label_fixes(on_disk, str(tmp_path / "again.csv"))  # a policy on top of the fixes, applicable
     assert again.dropped.sum() == 5 and np.sum(again.noisy_labels != noisy) >= 10
     learning = run("learning.py", *flags)
     assert learning.returncode == 0 and f"evaluated the final networks of {d}" in learning.stdout, learning.stderr

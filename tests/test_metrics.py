@@ -103,7 +103,6 @@ def test_detection_script_reports_the_ranking(synthetic_run):
     m = json.loads((d / "metrics.json").read_text())["detection"]
     lines = result.stdout.strip().splitlines()
     table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)
-    relabelled = int(np.sum(table["flagged"] & (table["given_label"] != table["suggested_label"])))
     cards, size = sum(g in ("3", "4") for g in table["group"]), (d / "review.html").stat().st_size
     assert lines[2] == f"precision is {m['precision']}"  # the reference's lines stay first (tests/test_scripts.py)
     assert lines[6:] == [
@@ -114,8 +113,8 @@ def test_detection_script_reports_the_ranking(synthetic_run):
         f"suggested label = true label for {m['suggestion_correct']} of the {m['flagged_truly_noisy']} flagged "
         f"images that are truly mislabelled ({m['suggestion_accuracy']:.4f})",
         f"written: {d / 'detection.json'}",
-        f"written: {d / 'label_fixes_suggested.csv'} ({relabelled} flagged images relabelled to the suggested class; "
-        f"train on it with --label_fixes {d / 'label_fixes_suggested.csv'})",
+        "no label fixes without a review: none is known to help (docs/review.md); review review.html and train with "
+        "the fixes it downloads",
         f"written: {d / 'review.html'} ({cards} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)"]
     # detection.json: the numbers the training script stored, recomputed from the files of the run directory
     assert json.loads((d / "detection.json").read_text()) == m
@@ -141,8 +140,7 @@ def test_detection_script_on_a_run_of_an_older_version(synthetic_run, tmp_path):
     assert lines[6:] == [f"{d} has no detection_scores.npy and no label_issues.csv (the run predates them): no AUROC, "
                          f"average precision or precision at k and no suggestion accuracy; train it again to get them",
                          f"written: {d / 'detection.json'}",
-                         "no review.html and no label_fixes_suggested.csv: they need label_issues.csv; train the run "
-                         "again"]
+                         "no review.html: it needs label_issues.csv; train the run again"]
     assert set(json.loads((d / "detection.json").read_text())) == {"images", "flagged", "truly_noisy", "precision",
                                                                    "recall", "f1"}
 
@@ -180,6 +178,6 @@ def test_detection_script_without_ground_truth(tmp_path, monkeypatch, capsys):
         "no ground truth for the given labels of npz (the clean labels are unknown): nothing to score the detection "
         "against",
         f"written: {d / 'detection.json'}"]
-    assert lines[3].startswith(f"written: {d / 'label_fixes_suggested.csv'} (0 flagged images relabelled")
+    assert lines[3].startswith("no label fixes without a review: none is known to help")
     assert lines[4].startswith(f"written: {d / 'review.html'} (0 images to review")
     assert json.loads((d / "detection.json").read_text()) == dict(images=6, flagged=2)

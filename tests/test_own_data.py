@@ -300,6 +300,7 @@ def test_bad_data_flags(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_scripts_report_bad_data_in_one_line(tmp_path):
     assert_one_line_error(run("detection.py", "--dataset", "folder"), "--data_dir DIR")
     root, message = bad_folder(tmp_path, "truncated png")
@@ -329,11 +330,12 @@ def write_noisy_folder(root, n=600, n_test=120, num_classes=6, flip_rate=0.2, si
     return flipped
 
 
+@pytest.mark.slow
 def test_bkd_on_a_folder_finds_the_flipped_labels(tmp_path):
     root = tmp_path / "data"
     flipped = write_noisy_folder(root)
     flags = ["--dataset", "folder", "--data_dir", root, "--image_size", 16, "--results_dir", tmp_path / "results"]
-    train = run("blind_knowledge_dist_training.py", *flags, "--arch", "small_cnn", "--n_epoch", 24, "--lr", 0.1,
+    train = run("blind_knowledge_dist_training.py", *flags, "--arch", "small_cnn", "--n_epoch", 16, "--lr", 0.1,
                 "--lr_decay_every", 5, "--batch_size", 64, "--noisy_val_freq", 6, "--clean_test_freq", 6)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     out = tmp_path / "results" / "folder_given_seed_0"
@@ -362,6 +364,7 @@ def test_bkd_on_a_folder_finds_the_flipped_labels(tmp_path):
         f"{root} has no test set: no test accuracy to report (add a test/ folder beside train/ to get one)")
 
 
+@pytest.mark.slow
 def test_detection_on_npz_is_scored_against_its_clean_labels(tmp_path):
     a = arrays(n=40)
     clean = a["train_labels"]

@@ -96,6 +96,7 @@ def test_bad_run_directories(synthetic_run, tmp_path, case, fragments):
     assert sorted(os.listdir(d)) == before
 
 
+@pytest.mark.slow
 def test_figures_of_runs_without_a_tipping_epoch_test_set_or_split(tmp_path):
     """The branches a synthetic run does not reach: drawn, saved, valid PNGs."""
     pytest.importorskip("matplotlib")
@@ -109,6 +110,7 @@ def test_figures_of_runs_without_a_tipping_epoch_test_set_or_split(tmp_path):
         png_size(tmp_path / name)
 
 
+@pytest.mark.slow
 def test_own_data_without_ground_truth_test_set_or_names(tmp_path, monkeypatch, capsys):
     """--dataset npz of a user: no clean labels, no test set, no class names; 3 pictures, and a line on the 4th."""
     pytest.importorskip("matplotlib")

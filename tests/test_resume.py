@@ -3,6 +3,7 @@ overwrite, safe loading, and a table of bad inputs that each end in one clear li
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,21 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, run, script_env, write_pickle
-
-OUTPUTS = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar", "detection.npy",
-           "detection_scores.npy", "label_issues.csv")
-
-
-def outputs(run_dir):
-    return {name: (run_dir / name).read_bytes() for name in OUTPUTS}
-
-
-def train(flags, results, *extra, cuda=False):
-    result = run("blind_knowledge_dist_training.py", *flags, "--results_dir", results, *extra, cuda=cuda)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return result
-
+from tests.conftest import REFERENCE_EPOCHS, ROOT, RUN_DIR, outputs, run, script_env, train, write_pickle
 
 def start(flags, results, *extra, cuda=False):
     env = script_env(cuda=cuda)
@@ -36,17 +23,8 @@ def start(flags, results, *extra, cuda=False):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_same_seed_twice_gives_identical_outputs(fake_run):
-    train(fake_run["flags"], fake_run["tmp"] / "a")
-    train(fake_run["flags"], fake_run["tmp"] / "b")
-    a, b = (fake_run["tmp"] / d / "cifar10_worst_seed_0" for d in "ab")
-    assert json.loads((a / "metrics.json").read_text())["tipping_epoch"] is not None
-    assert outputs(a) == outputs(b)
-    assert not (a / "state.pth.tar").exists()  # a finished run keeps no state
-
-
 def wait_for(path, process, timeout=120):
-    """Seconds until path exists (the process still running), polling."""
+    """Seconds until path exists, the process still running, polling."""
     t0 = time.time()
     while not path.exists():
         assert process.poll() is None and time.time() - t0 < timeout, f"no {path.name} while the run lasted"
@@ -54,68 +32,83 @@ def wait_for(path, process, timeout=120):
     return time.time() - t0
 
 
-def kill_and_resume(flags, tmp, kills=3, cuda=False):
-    """Run once uninterrupted; then `kills` times: start, SIGKILL at a random moment after the first saved state
-    (before it, --resume starts from scratch and would prove nothing), --resume. Every resumed run must end with the
-    uninterrupted run's outputs, byte for byte."""
-    run_dir = "cifar10_worst_seed_0"
-    reference = start(flags, tmp / "reference", cuda=cuda)
-    first_state = wait_for(tmp / "reference" / run_dir / "state.pth.tar", reference)
-    t0 = time.time()
-    out, err = reference.communicate()
-    assert reference.returncode == 0, out[-2000:] + err[-2000:]
-    remaining = time.time() - t0  # from the first saved state to the end
-    expected = outputs(tmp / "reference" / run_dir)
-    rng = random.Random(0)
-    for i, delay in enumerate(sorted(rng.uniform(0.05, 0.5) * remaining for _ in range(kills))):
-        results = tmp / f"killed{i}"
-        process = start(flags, results, cuda=cuda)
-        wait_for(results / run_dir / "state.pth.tar", process, timeout=10 * first_state + 60)
-        time.sleep(delay)
+def epochs_done(run_dir):
+    """Epochs a run has saved (its metrics.json is written after its state, every epoch); 0 before the first."""
+    try:
+        return len(json.loads((run_dir / "metrics.json").read_text())["confidence"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def kill_and_resume(flags, tmp, kills=3, cuda=False, reference=None, targets=None):
+    """One run killed with SIGKILL `kills` times and each time resumed with --resume: the k-th kill comes at a random
+    moment of a random epoch of the k-th part of the run (so before and after the split, and a resumed run killed
+    again), never before a state was saved (--resume would then start from scratch and prove nothing). In the end the
+    outputs must be the uninterrupted run's, byte for byte. `reference`: that run's outputs (trained here if None);
+    `targets`: the epochs to kill in, instead."""
+    if reference is None:
+        train(flags, tmp / "reference", cuda=cuda)
+        reference = dict(outputs=outputs(tmp / "reference" / RUN_DIR))
+    results, rng = tmp / "killed", random.Random(0)
+    run_dir = results / RUN_DIR
+    if targets is None:
+        n_epoch = int([str(f) for f in flags][::-1][[str(f) for f in flags][::-1].index("--n_epoch") - 1])
+        targets = [rng.randrange(max(1, k * n_epoch // kills), max(2, (k + 1) * n_epoch // kills - 1))
+                   for k in range(kills)]
+    for i, target in enumerate(targets):
+        process = start(flags, results, *(["--resume"] if i else []), cuda=cuda)
+        t0 = time.time()
+        while epochs_done(run_dir) < target:  # at the start of epoch `target`, a state saved ...
+            assert process.poll() is None and time.time() - t0 < 300, f"the run ended before epoch {target}"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.1))  # ... and somewhere in that epoch or the next
         process.send_signal(signal.SIGKILL)
         process.communicate()
         assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
-        resumed = train(flags, results, "--resume", cuda=cuda)
-        assert "resuming from" in resumed.stdout
-        assert outputs(results / run_dir) == expected, (delay, resumed.stdout[-1500:])
-        assert not list((results / run_dir).glob(".*.tmp"))  # no temporary file left behind
+    resumed = train(flags, results, "--resume", cuda=cuda)
+    assert resumed.stdout.count("resuming from") == 1
+    assert outputs(run_dir) == reference["outputs"], (targets, resumed.stdout[-1500:])
+    assert not list(run_dir.glob(".*.tmp"))  # no temporary file left behind
+    return targets
 
 
-def test_killed_at_random_moments_and_resumed_gives_identical_outputs(fake_run):
-    kill_and_resume([*fake_run["flags"], "--n_epoch", 80], fake_run["tmp"])
+def test_killed_at_random_moments_and_resumed_gives_identical_outputs(reference, tmp_path):
+    rng, split = random.Random(1), reference["split"]  # killed before the split, and twice after it
+    kill_and_resume(reference["flags"], tmp_path, reference=reference,
+                    targets=[rng.randint(1, split - 1), rng.randint(split + 1, REFERENCE_EPOCHS // 2),
+                             rng.randint(REFERENCE_EPOCHS // 2 + 2, REFERENCE_EPOCHS - 3)])
 
 
-def test_sigint_saves_state_and_resume_finishes_identically(fake_run):
-    train(fake_run["flags"], fake_run["tmp"] / "reference")
-    expected = outputs(fake_run["tmp"] / "reference" / "cifar10_worst_seed_0")
-    results = fake_run["tmp"] / "interrupted"
-    process = start(fake_run["flags"], results, "--n_epoch", 400)  # long enough to be inside training
+def test_sigint_saves_state_and_resume_finishes_identically(reference, tmp_path):
+    results = tmp_path / "interrupted"
+    process = start(reference["flags"], results, "--n_epoch", 400)  # long enough to be inside training
     deadline = time.time() + 60
-    while not (results / "cifar10_worst_seed_0" / "state.pth.tar").exists() and time.time() < deadline:
+    while not (results / RUN_DIR / "state.pth.tar").exists() and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err and "--resume" in err.strip().splitlines()[-1]
-    assert (results / "cifar10_worst_seed_0" / "state.pth.tar").exists()
-    train(fake_run["flags"], results, "--resume")
-    assert outputs(results / "cifar10_worst_seed_0") == expected
+    assert (results / RUN_DIR / "state.pth.tar").exists()
+    train(reference["flags"], results, "--resume")
+    assert outputs(results / RUN_DIR) == reference["outputs"]
 
 
-def test_finished_run_is_not_overwritten_silently(fake_run):
-    results = fake_run["tmp"] / "r"
-    train(fake_run["flags"], results)
-    before = outputs(results / "cifar10_worst_seed_0")
-    again = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results)
+def test_finished_run_is_not_overwritten_silently_and_the_same_seed_trains_identically(reference, tmp_path):
+    results = tmp_path / "r"
+    shutil.copytree(reference["dir"], results / RUN_DIR)  # a finished run
+    again = run("blind_knowledge_dist_training.py", *reference["flags"], "--results_dir", results)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
-    assert outputs(results / "cifar10_worst_seed_0") == before
+    assert outputs(results / RUN_DIR) == reference["outputs"]
     assert "--resume" in again.stderr  # offered: keeping the finished run is a no-op
-    resumed = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
-                  "--noise_path", fake_run["tmp"] / "gone.pt")  # a requeued job needs no data to do nothing
+    resumed = run("blind_knowledge_dist_training.py", *reference["flags"], "--results_dir", results, "--resume",
+                  "--noise_path", tmp_path / "gone.pt")  # a requeued job needs no data to do nothing
     assert resumed.returncode == 0 and "holds a finished run: nothing to resume" in resumed.stdout, resumed.stderr
-    assert outputs(results / "cifar10_worst_seed_0") == before
-    train(fake_run["flags"], results, "--overwrite", "--seed", "0")
-    assert outputs(results / "cifar10_worst_seed_0") == before  # same seed: the same run again
+    assert outputs(results / RUN_DIR) == reference["outputs"]
+    (results / RUN_DIR / "detection.npy").write_bytes(b"stale")
+    train(reference["flags"], results, "--overwrite", "--seed", "0")  # trained again from scratch:
+    assert outputs(results / RUN_DIR) == reference["outputs"]  # the same seed twice gives identical outputs
+    assert not (results / RUN_DIR / "state.pth.tar").exists()  # a finished run keeps no state
 
 
 def test_unfinished_run_suggests_resume(fake_run):
@@ -132,6 +125,14 @@ def test_unfinished_run_suggests_resume(fake_run):
     changed = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
                   "--lr", "0.5")
     assert changed.returncode == 2 and "--lr 0.02 -> 0.5" in changed.stderr
+    # a run of an older version, where --precision auto meant bf16 on CUDA, finishes in bf16 or not at all
+    saved = torch.load(state, weights_only=True)
+    saved["metrics"]["precision"] = "bf16"
+    torch.save(saved, state)
+    older = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume")
+    assert older.returncode == 2 and "Traceback" not in older.stderr
+    assert "the saved run trained in bf16, but --precision auto: fp32 on every device" in older.stderr
+    assert "pass --precision bf16 to finish it as it began" in older.stderr
 
 
 def test_non_finite_loss_stops_with_epoch_and_iteration(fake_run):
@@ -142,6 +143,7 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(fake_run):
     assert not (results / "cifar10_worst_seed_0" / "teacher.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_tampered_checkpoint_is_refused(tmp_path):
     run_dir = tmp_path / "synthetic_worst_seed_0"
     run_dir.mkdir()
@@ -186,6 +188,9 @@ def bad_inputs(tmp_path, fake_cifar):
     other = results / "synthetic_aggre_seed_0"
     other.mkdir()
     np.save(other / "detection.npy", np.zeros((4000, 2), dtype=bool))
+    floats = results / "synthetic_rand1_seed_0"
+    floats.mkdir()
+    np.save(floats / "detection.npy", np.zeros(4000, dtype=np.float32))
     empty = tmp_path / "empty"
     empty.mkdir()
     cifar = ["--dataset", "cifar10", "--data_dir", d]
@@ -212,12 +217,15 @@ def bad_inputs(tmp_path, fake_cifar):
          "not a readable .npy"),
         ("detection of the wrong shape", "detection.py", ["--dataset", "synthetic", "--noise_type", "aggre",
                                                           "--results_dir", results], 2, "shape (4000,)"),
+        ("detection of floats", "detection.py", ["--dataset", "synthetic", "--noise_type", "rand1", "--results_dir",
+                                                 results], 2, "expected a boolean array"),
         ("corrupt checkpoint", "learning.py", ["--dataset", "synthetic", "--results_dir", results], 2, "cannot load"),
         ("results dir is a file", train_script, ["--dataset", "synthetic", "--results_dir", tmp_path / "afile"], 1,
          "cannot write into"),
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_table(tmp_path, fake_cifar):
     cases = bad_inputs(tmp_path, fake_cifar)
     assert len(cases) >= 15

@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts scripts: not in the quick tier
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ("DATASET", "NOISE_TYPES", "NOISE_TYPE", "SEEDS", "SEED", "GPUS", "JOBS_PER_GPU", "DRY_RUN", "RESULTS_DIR",
             "PYTHON", "CUDA_VISIBLE_DEVICES", "FAKE_MATPLOTLIB")
@@ -51,6 +53,18 @@ def run_sh(tmp_path, *args, **settings):
 
 def test_syntax():
     assert subprocess.run(["bash", "-n", os.path.join(ROOT, "run.sh")]).returncode == 0
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_runs_nothing(tmp_path, flag):
+    r = run_sh(tmp_path, "--val_ratio", "0", flag, DATASET="synthetic")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith("usage: [VARIABLE=value ...] bash run.sh")
+    for setting in ("DATASET", "NOISE_TYPES", "SEEDS", "RESULTS_DIR", "PYTHON", "GPUS", "JOBS_PER_GPU", "DRY_RUN"):
+        assert re.search(rf"^  {setting} .*\[.+\]$", r.stdout, re.M), setting  # each with its default
+    assert len(re.findall(r"^  .*bash run\.sh", r.stdout, re.M)) == 3  # three examples
+    assert "RESULTS_DIR/<dataset>_<noise type>_seed_<seed>/" in r.stdout
+    assert not (tmp_path / "calls.txt").exists() and not (tmp_path / "results").exists()  # nothing ran
 
 
 def test_dry_run_round_robin(tmp_path):

@@ -17,8 +17,8 @@ import torch
 import utils.step
 from models import build_model
 from tests.benchmark import count_dispatched_ops
-from tests.conftest import ROOT, script_env
-from tests.test_resume import outputs, start, train, wait_for
+from tests.conftest import ROOT, RUN_DIR, outputs, script_env, train
+from tests.test_resume import start, wait_for
 from utils import RunError
 from utils.engine import make_optimizer, train_step
 from utils.step import CaptureFailed, TrainStep
@@ -35,6 +35,7 @@ def batch(b=8, seed=0):
             torch.randint(0, 10, (b,), generator=g), torch.rand(b, generator=g))
 
 
+@pytest.mark.slow
 def test_eager_step_hands_gradients_over_instead_of_adding_them_to_zeros():
     """With gradients set to None backward stores each fresh gradient: one add_ kernel per parameter fewer than
     with gradients zeroed in place (what a captured step needs), and not a bit of difference in the result."""
@@ -144,16 +145,15 @@ def test_failed_capture_keeps_its_whole_cause(failing_capture):
     assert "train_step_that_cannot_be_captured" in cause  # the frames, not just the messages
 
 
-def test_failed_capture_stops_the_run_with_its_cause_and_the_run_continues_eagerly(fake_run, failing_capture,
-                                                                                    monkeypatch, capsys):
+def test_failed_capture_stops_the_run_with_its_cause_and_the_run_continues_eagerly(reference, tmp_path,
+                                                                                    failing_capture, monkeypatch, capsys):
     """An eager run killed after its first epochs; resumed with --cuda_graph, its capture fails: the whole traceback
     on stderr, the failure in metrics.json, the saved state untouched, one last line saying how to continue; and
     --resume --no-cuda_graph then ends byte for byte as a run that was never interrupted."""
     import blind_knowledge_dist_training as training
     from utils.cli import get_args_parser, run_main
-    flags, tmp = [*fake_run["flags"], "--n_epoch", 30], fake_run["tmp"]
-    train(flags, tmp / "reference", "--no-cuda_graph")
-    run_dir = tmp / "r" / "cifar10_worst_seed_0"
+    flags, tmp = reference["flags"], tmp_path  # the reference run of tests/test_resume.py, never interrupted
+    run_dir = tmp / "r" / RUN_DIR
     process = start(flags, tmp / "r", "--no-cuda_graph")
     wait_for(run_dir / "state.pth.tar", process)
     process.send_signal(signal.SIGKILL)
@@ -181,10 +181,11 @@ def test_failed_capture_stops_the_run_with_its_cause_and_the_run_continues_eager
 
     resumed = train(flags, tmp / "r", "--resume", "--no-cuda_graph")
     assert "resuming from" in resumed.stdout
-    assert outputs(run_dir) == outputs(tmp / "reference" / "cifar10_worst_seed_0")
+    assert outputs(run_dir) == reference["outputs"]
     assert json.loads((run_dir / "metrics.json").read_text())["capture_failure"] == failure  # still on record
 
 
+@pytest.mark.slow
 def test_gpu_smoke_script_runs_on_the_cpu():
     """tests/gpu_smoke.py is the first thing a GPU window runs: it must work before one is spent on it. On a CPU it
     compares the eager step with one that keeps its gradient tensors, which must agree exactly."""

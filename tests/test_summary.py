@@ -145,6 +145,7 @@ def summarize(*args):
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_cli(results):
     r = summarize("--results_dir", str(results))
     assert r.returncode == 0, r.stderr
@@ -154,6 +155,7 @@ def test_cli(results):
     assert "cifar10_worst_seed_3" in r.stderr  # the note on the skipped run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "empty", "bad json"])
 def test_cli_errors(tmp_path, case):
     results = tmp_path / "results"

@@ -62,8 +62,9 @@ OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "b
                 "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json", "label_fixes.csv",
                 STATE_FILE,
                 # written by detection.py and plots.py from the files above: stale once the run is trained again
-                "detection.json", "review.html", "label_fixes_suggested.csv", "confidence.png",
-                "scores_histogram.png", "precision_recall.png", "suspicious_images.png")
+                "detection.json", "review.html", "confidence.png",
+                "scores_histogram.png", "precision_recall.png", "suspicious_images.png",
+                "label_fixes_suggested.csv")  # an earlier version's detection.py wrote it
 STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_agree", "full_pred",
               "full_pred_agree", "groups", "rng", "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)

@@ -6,17 +6,15 @@ import torch
 import torch.distributed as dist
 
 
-def init_distributed(device_name):
-    """(rank, world_size, device) from torchrun's environment; starts the process group (NCCL on GPUs,
-    gloo on CPU). Without torchrun: (0, 1, the requested device)."""
-    from utils.engine import get_device
+def init_distributed(device):
+    """(rank, world_size, device) from torchrun's environment, for the device the flags chose
+    (utils.engine.get_device); starts the process group (NCCL on GPUs, gloo on CPU) and gives each rank its own
+    GPU, cuda:LOCAL_RANK. Without torchrun: (0, 1, device)."""
     if "RANK" not in os.environ:
-        device = get_device(device_name)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # streams and CUDA graphs are made on the current device
         return 0, 1, device
     rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    device = get_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -99,8 +99,9 @@ def read_label_issues(path, n):
 
 def in_dataset_order(table, column):
     """A numpy column of the table rearranged into dataset order (entry i = image i)."""
-    out = np.empty_like(table[column])
-    out[table["index"]] = table[column]
+    values = np.asarray(table[column])  # the text columns are lists
+    out = np.empty_like(values)
+    out[table["index"]] = values
     return out
 
 

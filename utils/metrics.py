@@ -8,7 +8,6 @@ function), so the numbers do not depend on the order of the data set."""
 import math
 
 import numpy as np
-from scipy import stats
 
 from utils.bkd import precision_recall_f1
 
@@ -20,6 +19,7 @@ def auroc(suspicion, positive):
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return math.nan
+    from scipy import stats  # here, not at the top: scipy.stats takes a second to import, every script imports this
     ranks = stats.rankdata(suspicion)  # tied values share their mean rank: each tied pair adds 1/2
     u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
