@@ -123,10 +123,10 @@ def write_cache(path, key, arrays):
     return True
 
 
-def load_folder(root, size):
-    """The Dataset of an image folder: images (N, size, size, 3) uint8 decoded once and cached, labels from the
-    class folders, no ground truth; mean and std are computed from the training images."""
-    root = os.path.normpath(root)  # "pets/" and "pets" share one cache
+def list_folder(root):
+    """(class names, training files, training labels, test files, test labels or None) of an image folder, checked,
+    without decoding an image: what load_folder reads, and what export_fixed_data.py copies."""
+    root = os.path.normpath(root)
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if not os.path.isdir(root):
         raise InputError(f"--data_dir {root}: no such folder (--dataset folder takes DIR with "
@@ -140,7 +140,14 @@ def load_folder(root, size):
     test_files, test_labels = [], None
     if os.path.isdir(test_dir):
         _, test_files, test_labels = list_split(test_dir, class_names)
+    return class_names, train_files, train_labels, test_files, test_labels
 
+
+def load_folder(root, size):
+    """The Dataset of an image folder: images (N, size, size, 3) uint8 decoded once and cached, labels from the
+    class folders, no ground truth; mean and std are computed from the training images."""
+    root = os.path.normpath(root)  # "pets/" and "pets" share one cache
+    class_names, train_files, train_labels, test_files, test_labels = list_folder(root)
     cache_path = os.path.join(root, f".bkd_cache_{size}px.npz")
     key = fingerprint(root, train_files + test_files, size)
     counts = {"train_images": len(train_files), **({"test_images": len(test_files)} if test_files else {})}

@@ -1,0 +1,482 @@
+"""A fixed copy of a data set (export_fixed_data.py, data/export.py): folder and .npz copies carry the labels of
+--label_fixes image by image (hostile and non-UTF-8 names included), the original stays byte-identical, failed,
+interrupted and repeated exports leave nothing half written, every bad input is one line with exit code 2, and the
+copies of a run's reviewed fixes train."""
+import errno
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import data.export as export
+from data import load_dataset
+from data.fixes import apply_label_fixes, run_policy_fixes, write_label_fixes
+from export_fixed_data import cli
+from tests.conftest import ROOT, run, script_env
+from tests.test_own_data import save_image, write_folder, write_noisy_folder
+from utils import printable_path
+from utils.label_issues import read_label_issues
+
+HOSTILE = "<img src=x onerror=alert(1)>.png"
+QUOTED = "it's a \"quoted\" name.png"
+CAFE = os.fsdecode(b"caf\xe9")  # a class folder whose name is not UTF-8 (Python holds the byte as a surrogate)
+NOT_UTF8 = os.fsdecode(b"\xff\xfe photo.png")
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def snapshot(root):
+    """{path below root, as bytes: sha256 of a file's content, or what else it is} of everything under root, hidden
+    files included: equal snapshots mean a byte-identical tree."""
+    found, root = {}, os.fsencode(root)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            mode = os.lstat(path).st_mode
+            found[os.path.relpath(path, root)] = sha(path) if stat.S_ISREG(mode) else stat.S_IFMT(mode)
+    return found
+
+
+def leftovers(parent):
+    """The export's temporary folders left in parent (there must be none)."""
+    return [name for name in os.listdir(parent) if name.endswith(".export")]
+
+
+def by_content(files, labels):
+    """{sha256 of the file: label}: a copy's files are matched to the original's by their content, since a relabelled
+    image changes folder (and maybe name) and the order of the files changes with it."""
+    return {sha(f): int(label) for f, label in zip(files, labels)}
+
+
+def hostile_folder(root):
+    """Three classes: cat, dog house (a space) and CAFE (not UTF-8), each with 0.png, 1.png, 2.png, so a relabelled
+    image's name is taken in its new folder; in cat, hostile names and a nested folder; a test set. Returns the path
+    of each training image of interest, by a short name."""
+    write_folder(root, ["cat", "dog house", CAFE], n=3)
+    write_folder(root, ["cat", "dog house"], split="test", n=1, seed=1)
+    cat = os.path.join(root, "train", "cat")
+    os.rename(os.path.join(cat, "1.png"), os.path.join(cat, HOSTILE))
+    os.rename(os.path.join(cat, "2.png"), os.path.join(cat, QUOTED))
+    save_image(os.path.join(cat, "sub dir", "0.png"), np.full((10, 12, 3), 7, np.uint8))
+    os.rename(os.path.join(root, "train", CAFE, "2.png"), os.path.join(root, "train", CAFE, NOT_UTF8))
+    return {"cat/0": os.path.join(cat, "0.png"), "hostile": os.path.join(cat, HOSTILE),
+            "quoted": os.path.join(cat, QUOTED), "nested": os.path.join(cat, "sub dir", "0.png"),
+            "not utf8": os.path.join(root, "train", CAFE, NOT_UTF8),
+            "dog/1": os.path.join(root, "train", "dog house", "1.png"),
+            "dog/2": os.path.join(root, "train", "dog house", "2.png")}
+
+
+def review_row(data, path, action, new_class=None):
+    """A row of label_fixes.csv as review.html writes it: the file as the tables write it (absolute, non-UTF-8 bytes
+    as \\xNN), the label on disk, the new class's index."""
+    i = data.train_files.index(str(path))
+    new = "" if new_class is None else data.class_names.index(new_class)
+    return i, printable_path(data.train_files[i]), int(data.noisy_labels[i]), action, new
+
+
+def hostile_fixes(data, files, path):
+    write_label_fixes(path, [review_row(data, files["cat/0"], "relabel", "dog house"),  # 0.png is taken there
+                             review_row(data, files["hostile"], "relabel", CAFE),
+                             review_row(data, files["quoted"], "relabel", "dog house"),
+                             review_row(data, files["nested"], "relabel", "dog house"),
+                             review_row(data, files["not utf8"], "relabel", "cat"),
+                             review_row(data, files["dog/1"], "drop"),
+                             review_row(data, files["dog/2"], "keep")])
+    return str(path)
+
+
+def write_fixes(tmp_path, *rows, name="fixes.csv"):
+    """A fixes file with the header and these rows."""
+    path = tmp_path / name
+    path.write_text("index,file,given_label,action,new_label\n" + "".join(row + "\n" for row in rows))
+    return path
+
+
+def pets(tmp_path):
+    """A small folder with a test set and fixes for it: (folder, fixes file, --out)."""
+    root = tmp_path / "pets"
+    write_folder(root, ["cat", "dog", "frog"], n=3)
+    write_folder(root, ["cat", "dog"], split="test", n=1)
+    fixes = write_fixes(tmp_path, f"0,{root}/train/cat/0.png,0,relabel,1", "4,,1,drop,", "7,train/frog/1.png,2,keep,")
+    return str(root), str(fixes), str(tmp_path / "pets_fixed")
+
+
+def export_args(root, fixes, out, *more):
+    return ["--dataset", "folder", "--data_dir", root, "--label_fixes", fixes, "--out", out, *more]
+
+
+# ---------------------------------------------------------------------------- folders
+def test_folder_copy_has_the_labels_of_label_fixes(tmp_path, capsys):
+    root, out = str(tmp_path / "pets"), str(tmp_path / "pets fixed")
+    files = hostile_folder(root)
+    original = load_dataset("folder", "given", root, image_size=8)  # as --label_fixes sees it; writes the cache
+    fixes = hostile_fixes(original, files, tmp_path / "label_fixes.csv")
+    fixed = apply_label_fixes(original, fixes)
+    before = snapshot(root)
+
+    assert cli(["--dataset", "folder", "--data_dir", root, "--label_fixes", fixes, "--out", out]) == 0
+    printed = capsys.readouterr()
+    assert snapshot(root) == before and not leftovers(tmp_path)  # the original as it was, byte for byte
+    copy = load_dataset("folder", "given", out, image_size=8)
+    assert copy.class_names == original.class_names == (CAFE, "cat", "dog house")
+    kept = fixed.kept
+    expected = by_content(np.array(original.train_files)[kept], fixed.noisy_labels[kept])
+    assert by_content(copy.train_files, copy.noisy_labels) == expected and len(copy.train_files) == kept.sum() == 9
+    images = dict(zip(map(sha, original.train_files), original.train_images))
+    assert all(np.array_equal(images[sha(f)], image) for f, image in zip(copy.train_files, copy.train_images))
+    assert np.array_equal(copy.test_images, original.test_images) and np.array_equal(copy.test_labels,
+                                                                                      original.test_labels)
+    assert snapshot(root) == before  # loading the copy wrote its own cache there, not through a link
+
+    below = {os.fsencode(os.path.relpath(f, out)) for f in copy.train_files}  # the names' real bytes
+    assert {b"train/dog house/0_from_cat.png", b"train/dog house/sub dir/0.png", b"train/caf\xe9/" + HOSTILE.encode(),
+            b"train/dog house/" + QUOTED.encode(), b"train/cat/\xff\xfe photo.png"} <= below
+    assert b"train/dog house/1.png" not in below and b"train/dog house/2.png" in below  # dropped; kept
+    assert sorted(os.listdir(out)) == [".bkd_cache_8px.npz", "manifest.json", "test", "train"]  # no cache copied
+    linked = os.path.join("train", "dog house", "0.png")  # the same file under a second name
+    assert os.stat(os.path.join(out, linked)).st_ino == os.stat(os.path.join(root, linked)).st_ino
+
+    m = json.loads(open(os.path.join(out, "manifest.json"), encoding="utf-8").read())
+    assert m["made_by"] == "export_fixed_data.py" and m["source"] == root and m["copy"] == out
+    assert m["label_fixes"] == {"file": fixes, "sha256": sha(fixes), "rows": 7}
+    assert m["training_images"] == {"source": 10, "kept": 9, "relabelled": 5, "dropped": 1} and m["test_images"] == 2
+    assert m["relabelled_per_class_pair"] == [{"from": "caf\\xe9", "to": "cat", "images": 1},
+                                              {"from": "cat", "to": "caf\\xe9", "images": 1},
+                                              {"from": "cat", "to": "dog house", "images": 3}]
+    assert m["files"] == {"hard links": 11, "copies": 0}
+    assert {"index": original.train_files.index(files["cat/0"]), "file": "train/cat/0.png", "from": "cat",
+            "to": "dog house", "copy": "train/dog house/0_from_cat.png"} in m["relabelled"]
+    assert {"index": original.train_files.index(files["not utf8"]), "file": "train/caf\\xe9/\\xff\\xfe photo.png",
+            "from": "caf\\xe9", "to": "cat", "copy": "train/cat/\\xff\\xfe photo.png"} in m["relabelled"]
+    assert m["dropped"] == [{"index": original.train_files.index(files["dog/1"]), "file": "train/dog house/1.png",
+                             "label": "dog house"}]
+    assert "5 relabelled (cat -> dog house 3, caf\\xe9 -> cat 1, cat -> caf\\xe9 1), 1 dropped, 9 training images " \
+           "kept" in printed.out and "11 hard links to the original files" in printed.out and printed.err == ""
+
+
+def test_names_taken_in_the_new_class_folder_get_the_old_class(tmp_path):
+    """0.png moves from a and from b into c, which has its own 0.png: the first mover gets _from_a, the second
+    _from_b; a mover whose renamed name is taken too gets _2."""
+    root = tmp_path / "d"
+    write_folder(root, ["a", "b", "c"], n=1)
+    write_folder(root, ["c"], n=1, seed=1, split="train/c/x")  # train/c/x/c/0.png
+    save_image(f"{root}/train/c/0_from_a.png", np.zeros((4, 4, 3), np.uint8))
+    data, _ = export.folder_listing(str(root))
+    fixed = apply_label_fixes(data, str(write_fixes(tmp_path, "0,,0,relabel,2", "1,,1,relabel,2")))
+    plan, moved = export.folder_plan(fixed, [])
+    assert moved == {0: "train/c/0_from_a_2.png", 1: "train/c/0_from_b.png"}
+    assert sorted(path for _, path in plan) == ["train/c/0.png", "train/c/0_from_a.png", "train/c/0_from_a_2.png",
+                                                "train/c/0_from_b.png", "train/c/x/c/0.png"]
+
+
+@pytest.mark.parametrize("how", ["links refused", "--copy"])
+def test_copies_where_links_are_refused_or_unwanted(tmp_path, monkeypatch, capsys, how):
+    root, fixes, out = pets(tmp_path)
+    if how == "links refused":  # another file system
+        def refuse(source, dest):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "link", refuse)
+    assert cli(export_args(root, fixes, out, *(["--copy"] if how == "--copy" else []))) == 0
+    printed = capsys.readouterr().out
+    assert (f"written: {out}: 10 copies" + (" (the file system refused hard links: Invalid cross-device link)"
+                                            if how == "links refused" else ";")) in printed
+    assert json.loads(open(os.path.join(out, "manifest.json")).read())["files"] == {"hard links": 0, "copies": 10}
+    source, copy = os.path.join(root, "train", "cat", "1.png"), os.path.join(out, "train", "cat", "1.png")
+    assert sha(source) == sha(copy) and os.stat(source).st_ino != os.stat(copy).st_ino
+    assert os.stat(source).st_mtime_ns == os.stat(copy).st_mtime_ns
+
+
+# ---------------------------------------------------------------------------- .npz files
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_copy_has_the_labels_of_label_fixes(tmp_path, compressed, capsys):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), np.arange(20) % 4
+    clean = labels.copy()
+    clean[[1, 6]] = 0
+    path, out = str(tmp_path / "mine.npz"), str(tmp_path / "mine fixed.npz")
+    (np.savez_compressed if compressed else np.savez)(
+        path, train_images=images, train_labels=labels.astype(np.int32), clean_labels=clean,
+        test_images=images[:5], test_labels=labels[:5], class_names=np.array(["ant", "bee", "cow", "dog"]))
+    fixes = str(write_fixes(tmp_path, "1,,1,relabel,0", "6,,2,relabel,0", "3,,3,drop,", "4,,0,keep,", "9,,1,drop,"))
+    before = sha(path)
+
+    assert cli(["--dataset", "npz", "--data_dir", path, "--label_fixes", fixes, "--out", out]) == 0
+    assert sha(path) == before and not leftovers(tmp_path)
+    fixed = apply_label_fixes(load_dataset("npz", "given", path), fixes)
+    copy = load_dataset("npz", "given", out)
+    kept = fixed.kept
+    assert np.array_equal(copy.train_images, images[kept]) and np.array_equal(copy.noisy_labels,
+                                                                             fixed.noisy_labels[kept])
+    assert np.array_equal(copy.clean_labels, clean[kept]) and copy.noise_or_not.sum() == 0  # the two wrong, fixed
+    assert np.array_equal(copy.test_images, images[:5]) and np.array_equal(copy.test_labels, labels[:5])
+    assert copy.class_names == ("ant", "bee", "cow", "dog") and export.is_compressed(out) == compressed
+    m = json.loads(open(out + ".manifest.json", encoding="utf-8").read())
+    assert m["training_images"] == {"source": 20, "kept": 18, "relabelled": 2, "dropped": 2} and m["test_images"] == 5
+    assert m["relabelled"] == [{"index": 1, "from": "bee", "to": "ant", "copy_index": 1},
+                               {"index": 6, "from": "cow", "to": "ant", "copy_index": 5}]  # 3 dropped before it
+    assert m["dropped"] == [{"index": 3, "label": "dog"}, {"index": 9, "label": "bee"}] and "files" not in m
+    assert sorted(os.listdir(tmp_path)) == ["fixes.csv", "mine fixed.npz", "mine fixed.npz.manifest.json", "mine.npz"]
+    assert f"written: {out} (the dropped images left out" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- failed, interrupted, repeated exports
+def fail_at(n, error):
+    """A link_or_copy that raises error at its n-th file, after writing the ones before."""
+    calls, real = [], export.link_or_copy
+
+    def link_or_copy(source, dest, always_copy=False):
+        calls.append(source)
+        if len(calls) == n:
+            raise error
+        return real(source, dest, always_copy)
+    return link_or_copy
+
+
+@pytest.mark.parametrize("earlier_export", [False, True])
+def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, capsys, earlier_export):
+    root, fixes, out = pets(tmp_path)
+    if earlier_export:  # and with --overwrite, the earlier copy stays as it was
+        assert cli(export_args(root, fixes, out, "--copy")) == 0
+    before, earlier = snapshot(root), snapshot(out) if earlier_export else None
+    capsys.readouterr()
+    monkeypatch.setattr(export, "link_or_copy", fail_at(5, OSError(errno.ENOSPC, "No space left on device")))
+    assert cli(export_args(root, fixes, out, "--overwrite")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("export_fixed_data.py: error: cannot copy ") and err.endswith(
+        ": No space left on device\n") and err.count("\n") == 1
+    monkeypatch.setattr(export, "link_or_copy", fail_at(3, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        export.export_folder(root, fixes, out, overwrite=True)
+    assert snapshot(root) == before and not leftovers(tmp_path)
+    assert (snapshot(out) == earlier) if earlier_export else not os.path.lexists(out)
+
+
+def test_a_failed_swap_puts_the_earlier_copy_back(tmp_path, monkeypatch):
+    """The .npz copy and its manifest are two renames: when the second fails, both earlier files come back."""
+    path = str(tmp_path / "a.npz")
+    np.savez(path, train_images=np.zeros((4, 8, 8, 3), np.uint8), train_labels=np.arange(4) % 2)
+    out = str(tmp_path / "b.npz")
+    assert cli(["--dataset", "npz", "--data_dir", path, "--label_fixes", str(write_fixes(tmp_path)), "--out", out]) == 0
+    earlier = (sha(out), sha(out + ".manifest.json"))
+    real_rename, failed = os.rename, []
+
+    def rename(source, target):  # the new manifest's rename fails, once
+        if str(target).endswith(".manifest.json") and str(source).endswith("manifest.json") and not failed:
+            failed.append(target)
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(source, target)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(export.RunError, match="cannot put the copy in place at .*b.npz: Input/output error"):
+        export.export_npz(path, str(write_fixes(tmp_path, "0,,0,drop,", name="g.csv")), out, overwrite=True)
+    assert (sha(out), sha(out + ".manifest.json")) == earlier and not leftovers(tmp_path)
+
+
+def test_repeated_exports(tmp_path, capsys):
+    root, fixes, out = pets(tmp_path)
+    assert cli(export_args(root, fixes, out)) == 0
+    first = snapshot(out)
+    assert cli(export_args(root, fixes, out)) == 2  # refused, the copy as it was
+    assert capsys.readouterr().err.endswith(f"error: --out {out} exists; choose another path, or pass --overwrite to "
+                                            f"replace it\n") and snapshot(out) == first
+    other = str(write_fixes(tmp_path, "1,,0,relabel,2", name="other.csv"))
+    assert cli(export_args(root, other, out, "--overwrite")) == 0  # replaced
+    m = json.loads(open(os.path.join(out, "manifest.json")).read())
+    assert m["label_fixes"]["sha256"] == sha(other)
+    assert os.path.isfile(os.path.join(out, "train", "frog", "1_from_cat.png"))
+    assert not os.path.exists(os.path.join(out, "train", "dog", "0_from_cat.png")) and not leftovers(tmp_path)
+    replaced = snapshot(out)
+    assert cli(export_args(root, other, out, "--overwrite")) == 0 and snapshot(out) == replaced  # the same copy again
+    capsys.readouterr()
+    mine = tmp_path / "mine"  # not an export: --overwrite does not delete it
+    (mine / "photos").mkdir(parents=True)
+    assert cli(export_args(root, fixes, str(mine), "--overwrite")) == 2 and (mine / "photos").is_dir()
+    assert f"--out {mine} exists and is not a copy written by export_fixed_data.py" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_export_leaves_nothing(tmp_path, sig):
+    """A real process, stopped in the middle of its copy: a named pipe among the images holds it there (reading it
+    waits for a writer), so the signal always comes while files are being written."""
+    root, fixes, out = pets(tmp_path)
+    os.mkfifo(os.path.join(root, "train", "frog", "9.png"))
+    before = snapshot(root)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "export_fixed_data.py"),
+                                *export_args(root, fixes, out, "--copy")], env=script_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not any(files for work in leftovers(tmp_path) for _, _, files in os.walk(tmp_path / work)):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig and stdout == ""
+    assert stderr == f"export_fixed_data.py: error: interrupted by signal {int(sig)}; nothing was written\n"
+    assert not os.path.lexists(out) and not leftovers(tmp_path) and snapshot(root) == before
+
+
+# ---------------------------------------------------------------------------- bad input
+def bad_input(tmp_path, problem):
+    """Lay out one kind of bad input; (the arguments, what the error line must say)."""
+    root, fixes, out = pets(tmp_path)
+    cat0 = f"{root}/train/cat/0.png"
+    if problem == "unknown class":
+        return export_args(root, str(write_fixes(tmp_path, "0,,0,relabel,7")), out), \
+            "line 2: new_label 7 is not a class of this data set (0..2)"
+    if problem == "fixes of another data set":
+        return export_args(root, str(write_fixes(tmp_path, "0,/elsewhere/train/cat/7.png,0,drop,")), out), \
+            f"image 0 is {cat0} in this data set, not /elsewhere/train/cat/7.png; the fixes were made for another"
+    if problem == "fixes of another label set":
+        return export_args(root, str(write_fixes(tmp_path, "3,,0,relabel,2")), out), \
+            "line 2: given_label 0, but image 3 is labelled 1 in this data set"
+    if problem == "a file gone since the review":
+        os.remove(cat0)  # every later image moves up one place
+        return export_args(root, str(write_fixes(tmp_path, f"1,{root}/train/cat/1.png,0,drop,")), out), \
+            f"image 1 is {root}/train/cat/2.png in this data set, not {root}/train/cat/1.png"
+    if problem == "fixes file not UTF-8":  # saved by a spreadsheet in Latin-1
+        (tmp_path / "latin1.csv").write_bytes(b"index,file,given_label,action,new_label\n0,caf\xe9.png,0,drop,\n")
+        return export_args(root, str(tmp_path / "latin1.csv"), out), \
+            f"{tmp_path}/latin1.csv is not a readable CSV file (UnicodeDecodeError"
+    if problem == "a non-UTF-8 name spelled as UTF-8":  # the byte 0xe9 on disk, é (0xc3 0xa9) in the file
+        os.rename(os.fsencode(cat0), os.fsencode(f"{root}/train/cat/") + b"caf\xe9.png")  # sorted after 2.png
+        return export_args(root, str(write_fixes(tmp_path, f"2,{root}/train/cat/café.png,0,drop,")), out), \
+            f"image 2 is {root}/train/cat/caf\\xe9.png in this data set, not {root}/train/cat/café.png"
+    if problem == "a class emptied":
+        return export_args(root, str(write_fixes(tmp_path, "6,,2,drop,", "7,,2,drop,", "8,,2,relabel,0")), out), \
+            "after the fixes, class frog (2) has no training image left"
+    if problem == "no such folder":
+        return export_args(str(tmp_path / "absent"), fixes, out), f"--data_dir {tmp_path}/absent: no such folder"
+    if problem == "no such fixes file":
+        return export_args(root, str(tmp_path / "absent.csv"), out), \
+            f"--label_fixes {tmp_path}/absent.csv: cannot read it (No such file or directory)"
+    if problem == "no such npz file":
+        return ["--dataset", "npz", "--data_dir", str(tmp_path / "absent.npz"), "--label_fixes", fixes, "--out", out], \
+            f"--data_dir {tmp_path}/absent.npz: no such file"
+    if problem == "--out is the source":
+        return export_args(root, fixes, root, "--overwrite"), \
+            f"--out {root} is the source {root}, inside it or around it"
+    if problem == "--out inside the source":
+        return export_args(root, fixes, f"{root}/fixed"), "inside it or around it"
+    if problem == "--out around the source":
+        return export_args(root, fixes, str(tmp_path), "--overwrite"), "inside it or around it"
+    if problem == "--out in a missing folder":
+        return export_args(root, fixes, f"{tmp_path}/nowhere/fixed"), f"there is no folder {tmp_path}/nowhere"
+    if problem == "--out exists":
+        os.mkdir(out)
+        return export_args(root, fixes, out), "exists; choose another path, or pass --overwrite"
+    if problem == "--copy of an npz":
+        return ["--dataset", "npz", "--data_dir", f"{root}.npz", "--label_fixes", fixes, "--out", out, "--copy"], \
+            "--copy is for --dataset folder"
+    raise ValueError(problem)
+
+
+PROBLEMS = ["unknown class", "fixes of another data set", "fixes of another label set", "a file gone since the review",
+            "fixes file not UTF-8", "a non-UTF-8 name spelled as UTF-8", "a class emptied", "no such folder",
+            "no such fixes file", "no such npz file", "--out is the source", "--out inside the source",
+            "--out around the source", "--out in a missing folder", "--out exists", "--copy of an npz"]
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, problem, capsys):
+    argv, message = bad_input(tmp_path, problem)
+    before = snapshot(tmp_path)
+    assert cli(argv) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1, printed.err
+    assert printed.err.startswith("export_fixed_data.py: error: ") and message in printed.err, printed.err
+    assert snapshot(tmp_path) == before  # nothing written, nothing removed
+
+
+def test_a_file_gone_while_copying_is_one_line(tmp_path, monkeypatch, capsys):
+    root, fixes, out = pets(tmp_path)
+    real = export.folder_listing
+
+    def list_then_lose_a_file(folder):
+        listed = real(folder)
+        os.remove(f"{root}/train/dog/2.png")
+        return listed
+    monkeypatch.setattr(export, "folder_listing", list_then_lose_a_file)
+    assert cli(export_args(root, fixes, out)) == 2
+    assert capsys.readouterr().err == (f"export_fixed_data.py: error: {root}/train/dog/2.png: gone since the folder "
+                                       f"was listed (or a broken link); nothing was written: export again\n")
+    assert not os.path.lexists(out) and not leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_script_reports_bad_input_in_one_line(tmp_path):
+    argv, message = bad_input(tmp_path, "unknown class")
+    result = run("export_fixed_data.py", *argv)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert result.stderr.splitlines() == [f"export_fixed_data.py: error: {argv[5]}, {message}"]
+
+
+# ---------------------------------------------------------------------------- the copies train
+def train(*args):
+    """The training script on one OpenMP thread: networks this small gain nothing from a second one, and lose much
+    to spin-waiting when the cores are busy."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "blind_knowledge_dist_training.py"), *map(str, args)],
+                            cwd=ROOT, env=script_env("1"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+@pytest.mark.slow
+def test_copies_of_a_reviewed_run_train_with_the_labels_of_label_fixes(tmp_path):
+    """A run on a folder (hostile and non-UTF-8 names among its files), fixes made from its label_issues.csv as a
+    reviewer's would be (sure suggestions taken, the other flagged images dropped), exported as a folder and as an
+    .npz file; both copies train, and the labels of the run on the folder copy are those of the fixes, file by file."""
+    root = tmp_path / "data"
+    write_noisy_folder(root, n=240, n_test=60)
+    for name, new_name in (("class0", HOSTILE), ("class1", NOT_UTF8)):
+        folder = root / "train" / name
+        os.rename(folder / sorted(os.listdir(folder))[0], folder / new_name)
+    schedule = ["--arch", "small_cnn", "--n_epoch", 14, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 32,
+                "--noisy_val_freq", 7, "--clean_test_freq", 7, "--print_freq", 1000]
+    train("--dataset", "folder", "--data_dir", root, "--image_size", 16, "--results_dir", tmp_path / "results",
+          *schedule)
+    data = load_dataset("folder", "given", str(root), image_size=16)
+    table = read_label_issues(tmp_path / "results" / "folder_given_seed_0" / "label_issues.csv", 240)
+    rows = run_policy_fixes(data, "relabel_sure", table)
+    assert {"relabel", "drop"} <= {row[3] for row in rows}
+    write_label_fixes(tmp_path / "label_fixes.csv", rows)
+    fixed = apply_label_fixes(data, str(tmp_path / "label_fixes.csv"))
+    before = snapshot(root)
+
+    result = run("export_fixed_data.py", "--dataset", "folder", "--data_dir", root, "--label_fixes",
+                 tmp_path / "label_fixes.csv", "--out", tmp_path / "fixed")
+    assert result.returncode == 0, result.stderr
+    train("--dataset", "folder", "--data_dir", tmp_path / "fixed", "--image_size", 16, "--results_dir",
+          tmp_path / "results_fixed", *schedule)
+    assert snapshot(root) == before
+    kept = fixed.kept
+    copy = load_dataset("folder", "given", str(tmp_path / "fixed"), image_size=16)
+    table = read_label_issues(tmp_path / "results_fixed" / "folder_given_seed_0" / "label_issues.csv", kept.sum())
+    given = dict(zip(table["index"], table["given_label"]))  # the labels the run on the copy trained with
+    assert by_content(copy.train_files, [given[i] for i in range(len(copy.train_files))]) == by_content(
+        np.array(data.train_files)[kept], fixed.noisy_labels[kept])
+    not_utf8 = data.train_files.index(str(root / "train" / "class1" / NOT_UTF8))
+    assert any(f.endswith(os.sep + NOT_UTF8) for f in copy.train_files) == kept[not_utf8]  # its real bytes
+
+    # The same images and fixes as an .npz file (whose rows name no file)
+    np.savez(tmp_path / "data.npz", train_images=data.train_images, train_labels=data.noisy_labels,
+             test_images=data.test_images, test_labels=data.test_labels)
+    write_label_fixes(tmp_path / "npz_fixes.csv", [(i, "", g, a, n) for i, _, g, a, n in rows])
+    result = run("export_fixed_data.py", "--dataset", "npz", "--data_dir", tmp_path / "data.npz", "--label_fixes",
+                 tmp_path / "npz_fixes.csv", "--out", tmp_path / "fixed.npz")
+    assert result.returncode == 0, result.stderr
+    copy = load_dataset("npz", "given", str(tmp_path / "fixed.npz"))
+    assert np.array_equal(copy.noisy_labels, fixed.noisy_labels[kept])
+    assert np.array_equal(copy.train_images, data.train_images[kept])
+    retrain = train("--dataset", "npz", "--data_dir", tmp_path / "fixed.npz", "--results_dir", tmp_path / "results_npz",
+                    *schedule[:2], "--n_epoch", 2, "--batch_size", 32)
+    assert f"npz given: {kept.sum() - int(kept.sum() * 0.1)} training" in retrain.stdout
