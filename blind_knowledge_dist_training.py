@@ -21,16 +21,18 @@ from data import split_indices
 from data.pipeline import DeviceBatches, to_device_images
 from models import build_model
 from utils import InputError, RunError, atomic_write
-from utils.bkd import DegenerateSplit, assign_groups, find_tipping_epoch, otsu_split
+from utils.bkd import DegenerateSplit, assign_groups, otsu_split
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
-                              save_json, save_npy, save_state, saved_metrics)
+                              save_json, save_npy, save_npz, save_state, saved_metrics)
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
 from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, resolve_precision, seed_everything,
                           synchronize)
+from utils.flagging import FLAGGED_CUT, flag_labels
 from utils.label_issues import write_label_issues
 from utils.metrics import detection_report
 from utils.step import TrainStep, graph_capturable
+from utils.tipping import find_tipping, history_slots, still_rising
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
 
@@ -151,31 +153,29 @@ def main(args):
     step = TrainStep(run_teacher, run_student, optimizer, precision, args.batch_size, cuda_graph=use_graph,
                      on_capture_failure=capture_failed)
 
-    # Per-sample statistics, flat device tensors indexed by position: the agreement on the label recorded during
-    # the last 4 epochs (the tipping epoch is at most 3 epochs old when found) and the matching full-set passes
-    # (agreement on the label, the label the agreement predicts, and the agreement of that prediction).
-    n_train, n_full = len(train_idx), len(data.noisy_labels)
-    train_agree = torch.zeros(4, n_train, device=device)
-    full_agree = torch.zeros(4, n_full, device=device)
-    full_pred = torch.zeros(4, n_full, dtype=torch.long, device=device)
-    full_pred_agree = torch.zeros(4, n_full, device=device)
+    # Per-sample statistics, flat device tensors indexed by position, of the last few epochs (as many as the tipping
+    # rule can look back, at least 4): the agreement on the label recorded during training, and the full-set passes'
+    # agreement of every class (N x C floats a slot; freed after the split).
+    n_train, n_full, n_slots = len(train_idx), len(data.noisy_labels), history_slots(args.tipping_rule)
+    train_agree = torch.zeros(n_slots, n_train, device=device)
+    full_probs = torch.zeros(n_slots, n_full, data.num_classes, device=device)
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
     metrics = dict(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
-                   cuda_graph=use_graph, label_fixes=fixes, confidence=[],
-                   tipping_epoch=None, tipping_found_epoch=None, train_split=None, detection_split=None,
-                   group_sizes=None, detection=None, val=[], test=[], best_val_accuracy=None, best_epoch=None,
-                   final_test_accuracy=None, warnings=[], finished=False)
+                   cuda_graph=use_graph, label_fixes=fixes, confidence=[], train_fit=[],
+                   tipping_rule=args.tipping_rule, tipping_epoch=None, tipping_found_epoch=None, tipping_evidence=None,
+                   train_split=None, detection_split=None, group_sizes=None, detection=None, flagged=None, val=[],
+                   test=[], best_val_accuracy=None, best_epoch=None, final_test_accuracy=None, warnings=[],
+                   finished=False)
     start_epoch, resume_epoch = 0, None
     if state is not None:
         teacher.load_state_dict(state["teacher"])
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        for name, tensor in dict(train_agree=train_agree, full_agree=full_agree, full_pred=full_pred,
-                                 full_pred_agree=full_pred_agree).items():
-            tensor.copy_(state[name])
+        train_agree.copy_(state["train_agree"])
+        full_probs = state["full_probs"].to(device)  # empty once the run has split
         groups.copy_(state["groups"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
@@ -192,8 +192,8 @@ def main(args):
     def training_state(epoch_done, epoch_in_progress=None):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
                     student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    train_agree=train_agree, full_agree=full_agree, full_pred=full_pred,
-                    full_pred_agree=full_pred_agree, groups=groups, rng=rng_states(generator), metrics=metrics)
+                    train_agree=train_agree, full_probs=full_probs, groups=groups, rng=rng_states(generator),
+                    metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -205,7 +205,7 @@ def main(args):
         t_epoch = time.time()
         run_teacher.train()
         run_student.train()
-        slot = epoch % 4
+        slot = epoch % n_slots
         if resume_epoch is not None:
             order, first_iter = resume_epoch["order"].to(device), resume_epoch["next_iter"]
             confidence_sum, first_bad = resume_epoch["confidence_sum"].to(device), torch.tensor(-1, device=device)
@@ -238,21 +238,35 @@ def main(args):
         all_reduce(train_agree[slot])
         confidence = all_reduce(confidence_sum).item() / n_train
         metrics["confidence"].append(confidence)  # .item() above waited for the epoch's training steps
+        metrics["train_fit"].append(train_agree[slot].mean().item())  # how well the epoch's steps fit the labels
         train_seconds = time.time() - t_epoch
 
         # ------------------------------------------------------------ tipping point, split, detection
         sync_buffers(teacher, student)  # every rank evaluates rank 0's networks
-        tipping = None if metrics["tipping_epoch"] is not None else find_tipping_epoch(metrics["confidence"])
-        if metrics["tipping_epoch"] is None and tipping is None:  # the pass of this epoch may become the tipping one
-            full_agree[slot], full_pred[slot], full_pred_agree[slot] = agreement_pass(
-                eval_teacher, eval_student, full_batches, precision)
+        searching = metrics["tipping_epoch"] is None
+        tipping = find_tipping(args.tipping_rule, metrics["confidence"], metrics["train_fit"]) if searching else None
+        if searching and (tipping is None or tipping.epoch == epoch):  # this epoch's pass may be (or is) the tipping one
+            full_probs[slot], *logits = agreement_pass(eval_teacher, eval_student, full_batches, precision,
+                                                       keep_probs=True, keep_logits=args.record_passes)[3:]
+            if args.record_passes and MAIN_PROCESS:  # for tools/tipping_study.py: every pass, replayable offline
+                save_npz(f"{out_dir}/passes/epoch_{epoch:04d}.npz", teacher_logits=logits[0].cpu().numpy(),
+                         student_logits=logits[1].cpu().numpy(), train_agreement=train_agree[slot].cpu().numpy(),
+                         train_idx=train_idx)
             synchronize(device)  # for the epoch's timing only
         log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s "
             f"(training {train_seconds:.1f} s)")
-        if tipping is not None:  # at least 2 epochs old, so this epoch's full-set pass is never needed
-            metrics["tipping_epoch"], metrics["tipping_found_epoch"] = tipping, epoch
+        if tipping is not None:
+            tipping, evidence = tipping
+            metrics.update(tipping_epoch=tipping, tipping_found_epoch=epoch, tipping_evidence=evidence)
             log(f"overfitting epoch: {tipping}")
-            agreements = train_agree[tipping % 4].cpu().numpy()  # recorded during the tipping epoch
+            log(f"tipping rule {args.tipping_rule}: {evidence}")
+            premature = still_rising(metrics["confidence"], metrics["train_fit"])
+            if premature is not None:  # kept with the warnings, so the final summary repeats it
+                metrics["warnings"].append(f"the split at epoch {epoch} (tipping epoch {tipping}) looks premature: "
+                                           f"{premature}; the networks may not have learnt yet, and accuracy and "
+                                           f"detection may suffer (the plateau rule waits for the rise to end)")
+                log(f"WARNING: {metrics['warnings'][-1]}")
+            agreements = train_agree[tipping % n_slots].cpu().numpy()  # recorded during the tipping epoch
             split = otsu_or_warn(agreements, "train_split", "plain one-hot training continues", metrics)
             if split is not None:
                 groups = torch.as_tensor(assign_groups(agreements, split), device=device)
@@ -262,30 +276,11 @@ def main(args):
                     raise RunError("ranks disagree on the tipping epoch or the groups; please report this")
                 if world > 1:
                     log(f"all {world} ranks agree on the tipping epoch and the groups")
-            # Detection: the same split of the full-set pass after the tipping epoch; its lowest group is flagged.
-            # Images dropped by --label_fixes are outside the split and never flagged.
-            scores, suggested, suggested_agree = (a[tipping % 4].cpu().numpy()
-                                                  for a in (full_agree, full_pred, full_pred_agree))
-            kept = data.kept
-            split = otsu_or_warn(scores[kept], "detection_split", "nothing flagged", metrics)
-            full_groups = None if split is None else assign_groups(scores, split)
-            flagged = np.zeros(n_full, dtype=bool) if split is None else (full_groups == 4) & kept
-            if MAIN_PROCESS:
-                save_npy(f"{out_dir}/detection.npy", flagged)
-                save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
-                write_label_issues(f"{out_dir}/label_issues.csv", data.noisy_labels, suggested, scores,
-                                   suggested_agree, full_groups, flagged, data.class_names, data.train_files,
-                                   data.dropped)
-            counted = f"{kept.sum()} labels" + ("" if kept.all() else " kept by the label fixes")
-            if truly_noisy is None:
-                metrics["detection"] = dict(flagged=int(flagged.sum()))
-                log(f"flagged {flagged.sum()} of {counted} as noisy (no clean labels to score them against)")
-            else:
-                metrics["detection"] = d = detection_report(flagged[kept], scores[kept], truly_noisy[kept],
-                                                            suggested[kept], data.clean_labels[kept])
-                auroc = "undefined" if d["auroc"] is None else f"{d['auroc']:.4f}"  # None: no label is wrong
-                log(f"flagged {flagged.sum()} of {counted} as noisy (precision {d['precision']:.4f}, recall "
-                    f"{d['recall']:.4f}, F1 {d['f1']:.4f}, AUROC {auroc} against the ground truth, for reporting only)")
+            # Detection: the same split of the full-set pass of the tipping epoch, and the flagged labels of the
+            # last passes (images dropped by --label_fixes are outside both, never flagged)
+            metrics.update(detect(full_probs[tipping % n_slots].cpu().numpy(), full_probs.mean(dim=0).cpu().numpy(),
+                                  data, args, out_dir, metrics))
+            full_probs = full_probs.new_zeros(0)  # no longer needed: the saved state shrinks
 
         # ------------------------------------------------------------ evaluation
         last = epoch == args.n_epoch - 1
@@ -323,14 +318,18 @@ def main(args):
     test = ("no test set" if metrics["final_test_accuracy"] is None else
             f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1})")
     log(f"{test}; best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
-    if metrics["tipping_epoch"] is None:
+    if metrics["tipping_epoch"] is None and args.tipping_rule == "none":
+        log("--tipping_rule none: no split, training stayed one-hot and nothing was flagged (detection.npy not written)")
+    elif metrics["tipping_epoch"] is None:
         log(f"WARNING: no tipping epoch found in {args.n_epoch} epochs: training stayed one-hot and detection.npy "
             f"was not written; train for more epochs (the reference uses 300)")
     else:
-        d = metrics["detection"]
-        log(f"tipping epoch {metrics['tipping_epoch']}; flagged {d['flagged']} labels"
-            + ("" if "f1" not in d else f": precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 {d['f1']:.4f}")
-            + f"; the ranked table is {out_dir}/label_issues.csv")
+        scored = [f"{what} {d['flagged']} labels" + ("" if "f1" not in d else f" (precision {d['precision']:.4f}, "
+                                                       f"recall {d['recall']:.4f}, F1 {d['f1']:.4f})")
+                  for what, d in ((f"detection.npy ({args.detection_npy}) flags", metrics["detection"]),
+                                  ("label_issues.csv flags", metrics["flagged"]))]
+        log(f"tipping epoch {metrics['tipping_epoch']} ({args.tipping_rule} rule); {'; '.join(scored)}; the ranked "
+            f"table is {out_dir}/label_issues.csv")
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
     log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
@@ -349,6 +348,41 @@ def otsu_or_warn(values, key, consequence, metrics):
     log_split(key.replace("train_", "training ").replace("_", " "), split)
     metrics[key] = dict(zip(SPLIT_NAMES, split))
     return split
+
+
+def detect(tipping_probs, recent_probs, data, args, out_dir, metrics):
+    """Detection at the split, from the agreements of every class (N, C, dataset order) of the full-set pass of the
+    tipping epoch and averaged over the last passes: G4 of the modified Otsu split of the tipping pass's agreement on
+    the label (the reference's detection), and the labels utils.flagging.flag_labels flags (what label_issues.csv
+    flags); writes detection.npy (G4, or the flagged labels with --detection_npy flagged), detection_scores.npy and
+    label_issues.csv. Returns the metrics of both."""
+    kept, labels, truly_noisy = data.kept, data.noisy_labels, data.noise_or_not
+    scores = tipping_probs[np.arange(len(labels)), labels]  # the agreement on the label: the ranking
+    suggested, suggested_agree = recent_probs.argmax(axis=1), recent_probs.max(axis=1)
+    split = otsu_or_warn(scores[kept], "detection_split", "nothing in G4", metrics)
+    groups = None if split is None else assign_groups(scores, split)
+    g4 = np.zeros(len(labels), dtype=bool) if split is None else (groups == 4) & kept
+    flagged = flag_labels(recent_probs, labels) & kept
+    detection = g4 if args.detection_npy == "g4" else flagged
+    if MAIN_PROCESS:
+        save_npy(f"{out_dir}/detection.npy", detection)
+        save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
+        write_label_issues(f"{out_dir}/label_issues.csv", labels, suggested, scores, suggested_agree, groups, flagged,
+                           data.class_names, data.train_files, data.dropped)
+    counted = f"{kept.sum()} labels" + ("" if kept.all() else " kept by the label fixes")
+    reports = {}
+    for key, mask, what in (("detection", detection, f"detection.npy ({args.detection_npy})"),
+                            ("flagged", flagged, f"flagged ({FLAGGED_CUT})")):
+        if truly_noisy is None:
+            reports[key] = dict(flagged=int(mask.sum()))
+            log(f"{what}: {mask.sum()} of {counted} (no clean labels to score them against)")
+            continue
+        reports[key] = d = detection_report(mask[kept], scores[kept], truly_noisy[kept], suggested[kept],
+                                            data.clean_labels[kept])
+        auroc = "undefined" if d["auroc"] is None else f"{d['auroc']:.4f}"  # None: no label is wrong
+        log(f"{what}: {mask.sum()} of {counted} (precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 "
+            f"{d['f1']:.4f}, AUROC {auroc} against the ground truth, for reporting only)")
+    return reports
 
 
 def check_finite(first_bad, epoch, out_dir):

@@ -1,11 +1,13 @@
 """Score a BKD run's detection (detection.npy, detection_scores.npy, label_issues.csv) against the ground truth, and
 write what a user needs to act on it.
 
-Precision, recall and F1 of the flagged labels, as the reference prints them; then the ranking by the detection
-scores without a threshold (AUROC, average precision, precision at k) and how often the suggested label is the
-true one. The same numbers go to detection.json in the run directory. It also writes review.html, a page to review
-the flagged and uncertain images and download the label fixes to train with (--label_fixes). No fixes without a
-review: no automatic policy is known to help (data/fixes.py SUGGESTED_POLICY, docs/review.md)."""
+Precision, recall and F1 of detection.npy (the reference's G4 unless trained with --detection_npy flagged), as the
+reference prints them; then the same for the flagged column of label_issues.csv (the better cut, what the page
+shows), side by side with G4's; then the ranking by the detection scores without a threshold (AUROC, average
+precision, precision at k) and how often the suggested label is the true one. The same numbers go to detection.json
+in the run directory. It also writes review.html, a page to review the flagged and uncertain images and download
+the label fixes to train with (--label_fixes). No fixes without a review: no automatic policy is known to help
+(data/fixes.py SUGGESTED_POLICY, docs/review.md)."""
 import json
 import os
 
@@ -15,6 +17,7 @@ from data.fixes import (FIX_POLICIES, SUGGESTED_POLICY, as_row, file_sha256, run
                         write_label_fixes)
 from utils import InputError
 from utils.bkd import precision_recall_f1
+from utils.flagging import FLAGGED_CUT
 from utils.checkpoint import save_json
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.label_issues import in_dataset_order, load_detection, load_scores, read_label_issues
@@ -74,6 +77,12 @@ def main(args):
         print(f"The f-score is {report['f1']}")
         baseline = precision_recall_f1(np.ones(kept.sum(), dtype=bool), truly_noisy[kept])[2]
         print(f"(flagging every label would score F1 {baseline:.4f})")
+        if table is not None:
+            report["flagged_column"] = column = detection_report(
+                in_dataset_order(table, "flagged")[kept], None, truly_noisy[kept])
+            print(f"flagged in label_issues.csv ({FLAGGED_CUT}): {column['flagged']}, precision "
+                  f"{column['precision']:.4f}, recall {column['recall']:.4f}, F1 {column['f1']:.4f} (G4's F1 "
+                  f"{g4_f1(table, kept, truly_noisy):.4f})")
         for line in ranking_lines(report):
             print(line)
     if missing and truly_noisy is not None:
@@ -90,11 +99,16 @@ def main(args):
     print(suggested_fixes_line(os.path.join(out_dir, "label_fixes_suggested.csv"), data, table))
     path = os.path.join(out_dir, "review.html")
     cards = review_cards(table, data, args.review_max_images)
-    size = write_review_page(path, run=review_header(args, out_dir, data, flagged, table, report, len(cards)),
+    size = write_review_page(path, run=review_header(args, out_dir, data, table, report, len(cards)),
                              cards=cards, images=data.train_images[[c["index"] for c in cards]],
                              class_names=class_names(data), storage_key=storage_key(out_dir),
                              base_fixes=[] if fixes is None else [as_row(fix) for fix in data.label_fixes.rows])
     print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
+
+
+def g4_f1(table, kept, truly_noisy):
+    """F1 of the lowest Otsu group (the reference's detection) from the table's group column."""
+    return precision_recall_f1((in_dataset_order(table, "group") == "4")[kept], truly_noisy[kept])[2]
 
 
 def suggested_fixes_line(path, data, table):
@@ -133,12 +147,17 @@ def ranking_lines(report):
 
 
 # ---------------------------------------------------------------------------- the review page
+def uncertain_rows(table):
+    """Rows of the table BKD is unsure of: in the lower two Otsu groups (3 and 4), yet not flagged."""
+    return np.isin(np.asarray(table["group"]), ("3", "4")) & ~np.asarray(table["flagged"])
+
+
 def review_cards(table, data, cap):
-    """The images to review, in the table's order (from the most suspicious down): the flagged ones (group 4), then
-    the uncertain ones (group 3), at most `cap` in all."""
+    """The images to review, in the table's order (from the most suspicious down): the flagged ones (the flagged
+    column, card group 4), then the uncertain ones (uncertain_rows, card group 3), at most `cap` in all."""
     cards = []
-    for group in ("4", "3"):
-        for row in np.flatnonzero(np.asarray(table["group"]) == group)[:cap - len(cards)]:
+    for group, rows in ((4, np.asarray(table["flagged"])), (3, uncertain_rows(table))):
+        for row in np.flatnonzero(rows)[:cap - len(cards)]:
             i = int(table["index"][row])
             cards.append(dict(index=i, file=table["file"][row], given=int(table["given_label"][row]),
                               original=int(data.labels_on_disk[i]), suggested=int(table["suggested_label"][row]),
@@ -148,7 +167,7 @@ def review_cards(table, data, cap):
     return cards
 
 
-def review_header(args, out_dir, data, flagged, table, report, shown):
+def review_header(args, out_dir, data, table, report, shown):
     """The facts the page's header shows."""
     path = os.path.join(out_dir, "metrics.json")
     try:
@@ -156,11 +175,13 @@ def review_header(args, out_dir, data, flagged, table, report, shown):
             tipping_epoch = json.load(f).get("tipping_epoch")
     except (OSError, ValueError, AttributeError):
         tipping_epoch = None  # a run copied without its metrics: the page says "unknown"
-    scores = ("precision", "recall", "f1", "auroc", "average_precision")
+    # the page flags the flagged column: its precision, recall and F1, with the ranking's AUROC and AP
+    flagged_scores = {k: report["flagged_column"][k] for k in ("precision", "recall", "f1")} if "f1" in report else {}
     return dict(dataset=args.dataset, noise_type=args.noise_type, seed=args.seed, tipping_epoch=tipping_epoch,
-                images=len(data.noisy_labels), flagged=int(flagged.sum()),
-                uncertain=int(np.sum(np.asarray(table["group"]) == "3")), shown=shown, cap=args.review_max_images,
-                detection={k: report.get(k) for k in scores} if "f1" in report else None,
+                images=len(data.noisy_labels), flagged=int(np.sum(table["flagged"])),
+                uncertain=int(uncertain_rows(table).sum()), shown=shown, cap=args.review_max_images,
+                detection=dict(flagged_scores, auroc=report.get("auroc"),
+                               average_precision=report.get("average_precision")) if "f1" in report else None,
                 label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)),
                 sure_cut=upper_mean(table["group"], table["agreement_given"]))
 

@@ -54,7 +54,8 @@ def main(args):
                "scores_histogram.png": scores_figure(plt, scores[kept], metrics.get("detection_split"), flagged[kept],
                                                      truly_kept)}
     if truly_noisy is not None:
-        figures["precision_recall.png"] = precision_recall_figure(plt, scores[kept], flagged[kept], truly_kept)
+        figures["precision_recall.png"] = precision_recall_figure(plt, scores[kept], flagged[kept], truly_kept,
+                                                                  in_dataset_order(table, "flagged")[kept])
     figures["suspicious_images.png"] = suspicious_figure(plt, data.train_images, table, truly_noisy)
     for name, fig in figures.items():
         path = os.path.join(out_dir, name)

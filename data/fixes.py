@@ -192,15 +192,17 @@ def upper_mean(groups, agreement_given):
     return float(np.mean(np.asarray(agreement_given)[upper])) if upper.any() else float("nan")
 
 
-def policy_fixes(data, policy, groups, suggested, agreement_given, agreement_suggested):
-    """The rows of the fixes `policy` (FIX_POLICIES) makes of a run's detection: arrays in dataset order of the
-    group of each image under the detection split ('1'..'4', '' or 'dropped', as label_issues.csv writes it), the
-    suggested label, the agreement on the given and on the suggested label. On a run trained with fixes, on top of
-    those fixes (their other rows are kept), so that the file again applies to the data set on disk."""
+def policy_fixes(data, policy, flagged, groups, suggested, agreement_given, agreement_suggested):
+    """The rows of the fixes `policy` (FIX_POLICIES) makes of a run's detection: arrays in dataset order of whether
+    each image is flagged (label_issues.csv's flagged column), its group under the detection split ('1'..'4', '' or
+    'dropped', as label_issues.csv writes it; uncertain = groups 3 and 4, not flagged), the suggested label, the
+    agreement on the given and on the suggested label. On a run trained with fixes, on top of those fixes (their other
+    rows are kept), so that the file again applies to the data set on disk."""
     if policy not in FIX_POLICIES:
         raise ValueError(f"unknown fix policy {policy!r}; choose from {', '.join(FIX_POLICIES)}")
     groups, suggested = np.asarray(groups).astype(str), np.asarray(suggested)
-    flagged, uncertain = groups == "4", groups == "3"
+    flagged = np.asarray(flagged, dtype=bool)
+    uncertain = np.isin(groups, ("3", "4")) & ~flagged
     sure = np.asarray(agreement_suggested) >= upper_mean(groups, agreement_given)
     relabel = {"relabel": flagged, "relabel_sure": flagged & sure, "relabel_sure_keep": flagged & sure,
                "relabel_sure_keep_uncertain": (flagged | uncertain) & sure}.get(policy, np.zeros_like(flagged))
@@ -217,8 +219,8 @@ def run_policy_fixes(data, policy, table):
     """policy_fixes of a run's label_issues.csv table (as read_label_issues returns it)."""
     def column(name):
         return in_dataset_order(table, name)
-    return policy_fixes(data, policy, column("group"), column("suggested_label"), column("agreement_given"),
-                        column("agreement_suggested"))
+    return policy_fixes(data, policy, column("flagged"), column("group"), column("suggested_label"),
+                        column("agreement_given"), column("agreement_suggested"))
 
 
 def write_label_fixes(path, rows):

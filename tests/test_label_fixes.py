@@ -98,7 +98,7 @@ def test_data_without_files_takes_rows_without_files(tmp_path):
 def relabel_flagged(data, flagged, suggested):
     """The fixes of the policy "relabel": every flagged image to its suggestion."""
     groups = np.where(flagged, "4", "1")
-    return policy_fixes(data, "relabel", groups, suggested, np.ones(len(groups)), np.zeros(len(groups)))
+    return policy_fixes(data, "relabel", flagged, groups, suggested, np.ones(len(groups)), np.zeros(len(groups)))
 
 
 def test_relabel_fixes_alone_and_on_top_of_the_fixes_a_run_was_trained_with(tmp_path):
@@ -224,7 +224,10 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
                         f"counts the 95 images kept, with their labels after the fixes")
     assert lines[1] == f"flagged as noisy: {flagged.sum()} of 95 images kept"
     assert lines[2] == "truly noisy: 24"  # the reference's line as it is; the first line says what it counts
-    assert json.loads((d / "detection.json").read_text()) == m["detection"]
+    written = json.loads((d / "detection.json").read_text())
+    column = written.pop("flagged_column")  # the flagged column of label_issues.csv, scored on the kept images too
+    assert written == m["detection"] and column["images"] == 95 and column == {
+        k: m["flagged"][k] for k in ("images", "flagged", "truly_noisy", "precision", "recall", "f1")}
     assert (d / "review.html").is_file() and not (d / "label_fixes_suggested.csv").exists()  # docs/review.md
     on_disk = load_dataset("cifar10", "worst", fake_cifar["dir"], str(tmp_path / "labels.pt"))
     write_label_fixes(tmp_path / "again.csv", run_policy_fixes(apply_label_fixes(on_disk, path), "relabel", table))

@@ -100,12 +100,18 @@ def test_detection_report_without_ground_truth_or_noise():
 def test_detection_script_reports_the_ranking(synthetic_run):
     result, d = synthetic_run["detection"], synthetic_run["dir"]
     assert result.returncode == 0, result.stderr
-    m = json.loads((d / "metrics.json").read_text())["detection"]
+    metrics = json.loads((d / "metrics.json").read_text())
+    m, column = metrics["detection"], metrics["flagged"]
     lines = result.stdout.strip().splitlines()
     table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)
-    cards, size = sum(g in ("3", "4") for g in table["group"]), (d / "review.html").stat().st_size
+    cards = sum(g in ("3", "4") or f for g, f in zip(table["group"], table["flagged"]))
+    size = (d / "review.html").stat().st_size
     assert lines[2] == f"precision is {m['precision']}"  # the reference's lines stay first (tests/test_scripts.py)
-    assert lines[6:] == [
+    # the flagged column beside the reference's G4, both scored as the training script scored them
+    assert lines[6] == (f"flagged in label_issues.csv (suggested label != given, over the last passes): "
+                        f"{column['flagged']}, precision {column['precision']:.4f}, recall {column['recall']:.4f}, "
+                        f"F1 {column['f1']:.4f} (G4's F1 {m['f1']:.4f})")
+    assert lines[7:] == [
         "ranking by detection_scores.npy (low agreement on the given label = suspicious):",
         f"AUROC is {m['auroc']:.4f}",
         f"average precision is {m['average_precision']:.4f}",
@@ -117,7 +123,9 @@ def test_detection_script_reports_the_ranking(synthetic_run):
         "the fixes it downloads",
         f"written: {d / 'review.html'} ({cards} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)"]
     # detection.json: the numbers the training script stored, recomputed from the files of the run directory
-    assert json.loads((d / "detection.json").read_text()) == m
+    written = json.loads((d / "detection.json").read_text())
+    assert written.pop("flagged_column") == {k: column[k] for k in (
+        "images", "flagged", "truly_noisy", "precision", "recall", "f1")} and written == m
     assert m["auroc"] > 0.85 and m["average_precision"] > 0.8  # BKD ranks the mislabelled images first
     assert m["suggestion_accuracy"] > 0.5  # far above chance (1 / 9 among the other classes)
 
@@ -179,5 +187,5 @@ def test_detection_script_without_ground_truth(tmp_path, monkeypatch, capsys):
         "against",
         f"written: {d / 'detection.json'}"]
     assert lines[3].startswith("no label fixes without a review: none is known to help")
-    assert lines[4].startswith(f"written: {d / 'review.html'} (0 images to review")
+    assert lines[4].startswith(f"written: {d / 'review.html'} (2 images to review")  # the flagged column's
     assert json.loads((d / "detection.json").read_text()) == dict(images=6, flagged=2)

@@ -125,6 +125,9 @@ def test_unfinished_run_suggests_resume(fake_run):
     changed = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
                   "--lr", "0.5")
     assert changed.returncode == 2 and "--lr 0.02 -> 0.5" in changed.stderr
+    other_rule = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
+                     "--tipping_rule", "plateau")  # a run keeps the rule it began with
+    assert other_rule.returncode == 2 and "--tipping_rule reference -> plateau" in other_rule.stderr
     # a run of an older version, where --precision auto meant bf16 on CUDA, finishes in bf16 or not at all
     saved = torch.load(state, weights_only=True)
     saved["metrics"]["precision"] = "bf16"

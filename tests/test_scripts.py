@@ -8,6 +8,9 @@ import torch
 
 from models import build_model
 from tests.conftest import N_SYNTHETIC, SYNTHETIC_EPOCHS, run, write_pickle
+from utils.flagging import FLAGGED_CUT
+from utils.label_issues import in_dataset_order, read_label_issues
+from utils.tipping import PATIENCE
 
 
 
@@ -32,8 +35,12 @@ def test_training_writes_every_output(synthetic_run):
     m = json.loads((d / "metrics.json").read_text())
     assert m["finished"] and m["args"]["n_epoch"] == SYNTHETIC_EPOCHS
     assert len(m["confidence"]) == SYNTHETIC_EPOCHS
-    assert m["tipping_epoch"] is not None and 2 <= m["tipping_epoch"] <= SYNTHETIC_EPOCHS - 3
-    assert m["tipping_found_epoch"] == m["tipping_epoch"] + 2  # searched every epoch: found as soon as it can be
+    assert m["tipping_epoch"] is not None and m["tipping_rule"] == "plateau"  # the default
+    # the plateau rule looks back at most PATIENCE epochs; the log says on what evidence it split
+    assert m["tipping_epoch"] <= m["tipping_found_epoch"] <= min(m["tipping_epoch"] + PATIENCE, SYNTHETIC_EPOCHS - 1)
+    assert m["tipping_evidence"].startswith("learning stopped rising") and len(m["train_fit"]) == SYNTHETIC_EPOCHS
+    assert f"tipping rule plateau: {m['tipping_evidence']}" in synthetic_run["train"].stdout
+    assert not any("premature" in w for w in m["warnings"])
     assert set(m["train_split"]) == {"upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold"}
     assert sum(m["group_sizes"].values()) == N_SYNTHETIC * 0.9
     assert m["detection"]["flagged"] == flagged.sum()
@@ -74,6 +81,26 @@ def test_detection_script_reports_precision_recall_f1(synthetic_run):
     assert lines[2] == f"precision is {m['precision']}" and lines[3] == f"recall is {m['recall']}"
     assert lines[4] == f"The f-score is {m['f1']}"
     assert lines[5] == "(flagging every label would score F1 0.5735)"  # 2 * 0.402 / 1.402
+    # then the flagged column of label_issues.csv, side by side with G4's F1 (here G4 is detection.npy)
+    flagged = json.loads((synthetic_run["dir"] / "metrics.json").read_text())["flagged"]
+    assert lines[6] == (f"flagged in label_issues.csv ({FLAGGED_CUT}): {flagged['flagged']}, precision "
+                        f"{flagged['precision']:.4f}, recall {flagged['recall']:.4f}, F1 {flagged['f1']:.4f} (G4's F1 "
+                        f"{m['f1']:.4f})")
+    report = json.loads((synthetic_run["dir"] / "detection.json").read_text())
+    assert report["flagged_column"]["f1"] == pytest.approx(flagged["f1"]) and report["f1"] == m["f1"]
+
+
+def test_the_flagged_column_is_the_flagged_cut_and_detection_npy_stays_g4(synthetic_run):
+    """label_issues.csv flags what utils.flagging.FLAGGED_CUT flags (more of the wrong labels than G4 on these);
+    detection.npy stays G4, the reference's detection, so challenge and paper numbers stay comparable."""
+    d = synthetic_run["dir"]
+    m = json.loads((d / "metrics.json").read_text())
+    table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)
+    column = in_dataset_order(table, "flagged")
+    g4 = in_dataset_order(table, "group") == "4"
+    assert np.array_equal(np.load(d / "detection.npy"), g4) and m["args"]["detection_npy"] == "g4"
+    assert column.sum() == m["flagged"]["flagged"] and not np.array_equal(column, g4)
+    assert m["flagged"]["f1"] > m["detection"]["f1"], (m["flagged"], m["detection"])
 
 
 def test_learning_script_reports_which_networks(synthetic_run):
@@ -167,9 +194,11 @@ def test_missing_checkpoints_and_detection(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tmp_path, monkeypatch):
-    """One full-set pass per epoch before the tipping epoch is found, none in the epoch that finds it (the split
-    uses the pass of the tipping epoch itself, at least two epochs older) and none after."""
+@pytest.mark.parametrize("rule", ["reference", "plateau"])
+def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tmp_path, monkeypatch, rule):
+    """One full-set pass per epoch before the tipping epoch is found, none after; in the epoch that finds it, one only
+    when that epoch is the tipping epoch itself (the reference's is always two epochs older: it never passes there, so
+    its runs draw the same random numbers as before)."""
     import blind_knowledge_dist_training as training
     from utils.cli import check_args, get_args_parser
     clean = fake_cifar["labels10"]
@@ -178,15 +207,30 @@ def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tm
     args = check_args(parser, parser.parse_args(list(map(str, [
         "--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
         tmp_path / "labels.pt", "--n_epoch", 40, "--batch_size", 16, "--print_freq", 1000, "--device", "cpu",
-        "--results_dir", tmp_path / "results"]))))
+        "--results_dir", tmp_path / "results", "--tipping_rule", rule]))))
     full_passes, real_pass = [], training.agreement_pass
 
-    def counted_pass(teacher, student, batches, precision):
+    def counted_pass(teacher, student, batches, precision, **kwargs):
         full_passes.append(len(batches.indices))
-        return real_pass(teacher, student, batches, precision)
+        return real_pass(teacher, student, batches, precision, **kwargs)
     monkeypatch.setattr(training, "agreement_pass", counted_pass)
     monkeypatch.setattr(training.signal, "signal", lambda *args: None)  # keep pytest's own Ctrl-C handler
     training.main(args)
     m = json.loads((tmp_path / "results" / "cifar10_worst_seed_0" / "metrics.json").read_text())
     assert m["tipping_found_epoch"] is not None, "the run must find its tipping epoch for this test to mean anything"
-    assert full_passes == [100] * m["tipping_found_epoch"]  # epochs 0 .. found - 1, the whole training set each
+    found = m["tipping_found_epoch"]
+    passes_at_found = int(m["tipping_epoch"] == found)
+    assert rule == "plateau" or m["tipping_epoch"] == found - 2
+    assert full_passes == [100] * (found + passes_at_found)  # epochs 0 .. found - 1 (or found), the whole set each
+
+
+def test_detection_npy_flagged_holds_the_flagged_column(fake_run):
+    """--detection_npy flagged writes the flagged column of label_issues.csv into detection.npy, and says so."""
+    result = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", fake_run["tmp"] / "r",
+                 "--detection_npy", "flagged")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    d = fake_run["tmp"] / "r" / "cifar10_worst_seed_0"
+    table = read_label_issues(d / "label_issues.csv", 100)
+    assert np.array_equal(np.load(d / "detection.npy"), in_dataset_order(table, "flagged"))
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["detection"]["flagged"] == m["flagged"]["flagged"] and "detection.npy (flagged) flags" in result.stdout

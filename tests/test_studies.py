@@ -48,7 +48,18 @@ def test_upper_mean_is_the_mean_agreement_above_the_threshold():
 ])
 def test_each_policy_by_hand(policy, expected):
     data, groups, suggested, given, sure = six_images()
-    assert policy_fixes(data, policy, groups, suggested, given, sure) == expected
+    assert policy_fixes(data, policy, groups == "4", groups, suggested, given, sure) == expected
+
+
+def test_policies_follow_the_flagged_column():
+    """Flagged is what label_issues.csv flags (here image 4 of group 2, not image 2 of group 4); uncertain is the
+    rest of groups 3 and 4."""
+    data, groups, suggested, given, sure = six_images()
+    flagged = np.array([True, True, False, False, True, False])
+    assert policy_fixes(data, "drop", flagged, groups, suggested, given, sure) == [
+        (0, "", 0, "drop", ""), (1, "", 1, "drop", ""), (4, "", 4, "drop", "")]
+    assert policy_fixes(data, "relabel_sure_keep_uncertain", flagged, groups, suggested, given, sure) == [
+        (0, "", 0, "relabel", 1), (3, "", 3, "relabel", 0)]
 
 
 def test_policies_apply_on_top_of_a_run_trained_with_fixes(tmp_path):
@@ -56,25 +67,26 @@ def test_policies_apply_on_top_of_a_run_trained_with_fixes(tmp_path):
     write_label_fixes(tmp_path / "first.csv", [(4, "", 4, "relabel", 3), (0, "", 0, "drop", "")])
     fixed = apply_label_fixes(data, str(tmp_path / "first.csv"))
     groups[0] = "dropped"
-    rows = policy_fixes(fixed, "relabel_sure", groups, suggested, given, sure)
+    rows = policy_fixes(fixed, "relabel_sure", groups == "4", groups, suggested, given, sure)
     assert rows == [(0, "", 0, "drop", ""), (1, "", 1, "drop", ""), (2, "", 2, "drop", ""), (4, "", 4, "relabel", 3)]
     assert set(FIX_POLICIES) == {"relabel", "drop", "relabel_sure", "relabel_sure_keep", "relabel_sure_keep_uncertain"}
     with pytest.raises(ValueError, match="unknown fix policy"):
-        policy_fixes(data, "trust", groups, suggested, given, sure)
+        policy_fixes(data, "trust", groups == "4", groups, suggested, given, sure)
 
 
 def label_issues_table(groups, suggested, given, sure):
     """A label_issues.csv table as read_label_issues returns it, its rows in another order than the data set's."""
     order = np.array([3, 0, 5, 1, 4, 2])
     return {"index": order, "group": [str(g) for g in groups[order]], "suggested_label": suggested[order],
-            "agreement_given": given[order], "agreement_suggested": sure[order]}
+            "agreement_given": given[order], "agreement_suggested": sure[order], "flagged": (groups == "4")[order]}
 
 
 def test_run_policy_fixes_read_the_table_in_dataset_order():
     data, groups, suggested, given, sure = six_images()
     table = label_issues_table(groups, suggested, given, sure)
     for policy in FIX_POLICIES:
-        assert run_policy_fixes(data, policy, table) == policy_fixes(data, policy, groups, suggested, given, sure)
+        assert run_policy_fixes(data, policy, table) == policy_fixes(data, policy, groups == "4", groups, suggested,
+                                                                     given, sure)
 
 
 def test_detection_writes_the_suggested_policy_or_removes_an_old_file(tmp_path, monkeypatch):
@@ -128,7 +140,8 @@ def study_data(fake_cifar, tmp_path):
 
 def test_fix_policy_study_end_to_end_and_again(study_data, tmp_path):
     flags = [*study_data, "--seeds", "0", "--policies", "drop", "reviewer", "--results_dir", tmp_path / "study",
-             "--train_flags", "--arch small_cnn --n_epoch 10 --batch_size 16 --print_freq 1000"]
+             # the reference's tipping rule: random images never plateau in 10 epochs (see fake_run_flags)
+             "--train_flags", "--arch small_cnn --n_epoch 10 --batch_size 16 --print_freq 1000 --tipping_rule reference"]
     first = run("tools/fix_policy_study.py", *flags)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "as is: 0 of 1 finished already, 1 to train" in first.stdout

@@ -14,9 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T_975_2DF = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (statistical tables)
 
 
-def write_run(results_dir, dataset, noise_type, seed, acc, detection=None, finished=True, ranking=None):
+def write_run(results_dir, dataset, noise_type, seed, acc, detection=None, finished=True, ranking=None, flagged_f1=None):
     """A metrics.json as the training script writes it: detection = (precision, recall, F1) or a whole dict,
-    ranking = (AUROC, average precision), left out as in runs of older versions."""
+    ranking = (AUROC, average precision), left out as in runs of older versions, as is flagged_f1 (the F1 of
+    label_issues.csv's flagged column)."""
     d = results_dir / f"{dataset}_{noise_type}_seed_{seed}"
     d.mkdir(parents=True)
     metrics = dict(args=dict(dataset=dataset, noise_type=noise_type, seed=seed, n_epoch=300), finished=finished,
@@ -29,6 +30,8 @@ def write_run(results_dir, dataset, noise_type, seed, acc, detection=None, finis
         metrics.update(tipping_epoch=10, detection=dict(flagged=100, truly_noisy=90, precision=p, recall=r, f1=f1))
     if ranking is not None:
         metrics["detection"].update(auroc=ranking[0], average_precision=ranking[1], precision_at_k=0.5, k=90)
+    if flagged_f1 is not None:
+        metrics["flagged"] = dict(flagged=120, truly_noisy=90, precision=0.7, recall=0.9, f1=flagged_f1)
     (d / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -37,8 +40,8 @@ def results(tmp_path):
     """cifar10 worst: 3 finished seeds (accuracy 80, 82, 84), one without detection, one unfinished seed;
     cifar10 aggre: a run of an older version (no AUROC, no average precision); cifar100 noisy100: one seed without
     detection; npz given: the user's own data, no test set and no ground truth (only the number flagged)."""
-    write_run(tmp_path, "cifar10", "worst", 0, 80.0, (0.70, 0.50, 0.60), ranking=(0.90, 0.80))
-    write_run(tmp_path, "cifar10", "worst", 2, 84.0, (0.80, 0.60, 0.70), ranking=(0.94, 0.86))
+    write_run(tmp_path, "cifar10", "worst", 0, 80.0, (0.70, 0.50, 0.60), ranking=(0.90, 0.80), flagged_f1=0.8)
+    write_run(tmp_path, "cifar10", "worst", 2, 84.0, (0.80, 0.60, 0.70), ranking=(0.94, 0.86), flagged_f1=0.9)
     write_run(tmp_path, "cifar10", "worst", 1, 82.0)
     write_run(tmp_path, "cifar10", "worst", 3, None, finished=False)
     write_run(tmp_path, "cifar10", "aggre", 0, 90.0, (0.60, 0.90, 0.72))
@@ -118,18 +121,19 @@ def test_write_summary(results):
     assert (results / "summary.md").read_text() == markdown
     table = [line for line in markdown.splitlines() if line.startswith("|")]
     assert table[0] == ("| dataset | noise type | seeds | test accuracy (%) | runs with detection | precision | recall "
-                        "| F1 | AUROC | average precision |")
-    assert table[1] == "|" + " --- |" * 10
-    assert table[2] == "| cifar10 | aggre | 0 | 90.00 | 1 | 0.6000 | 0.9000 | 0.7200 | – | – |"  # an older run
+                        "| F1 | AUROC | average precision | F1 of the flagged column |")
+    assert table[1] == "|" + " --- |" * 11
+    assert table[2] == "| cifar10 | aggre | 0 | 90.00 | 1 | 0.6000 | 0.9000 | 0.7200 | – | – | – |"  # an older run
     assert table[3] == ("| cifar10 | worst | 0, 1, 2 | 82.00 ± 4.97 | 2 | 0.7500 ± 0.6353 | 0.5500 ± 0.6353 "
-                        "| 0.6500 ± 0.6353 | 0.9200 ± 0.2541 | 0.8300 ± 0.3812 |")
+                        "| 0.6500 ± 0.6353 | 0.9200 ± 0.2541 | 0.8300 ± 0.3812 | 0.8500 ± 0.6353 |")
     # one seed: no ±; no detection: –
-    assert table[4] == "| cifar100 | noisy100 | 0 | 60.50 | 0 | – | – | – | – | – |"
-    assert table[5] == "| npz | given | 0 | – | 1 | – | – | – | – | – |"  # no test set, no ground truth
+    assert table[4] == "| cifar100 | noisy100 | 0 | 60.50 | 0 | – | – | – | – | – | – |"
+    assert table[5] == "| npz | given | 0 | – | 1 | – | – | – | – | – | – |"  # no test set, no ground truth
     with open(results / "summary.csv", newline="") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == 4
-    assert list(lines[0])[-4:] == ["auroc_mean", "auroc_ci95", "average_precision_mean", "average_precision_ci95"]
+    assert list(lines[0])[-6:] == ["auroc_mean", "auroc_ci95", "average_precision_mean", "average_precision_ci95",
+                                   "flagged_f1_mean", "flagged_f1_ci95"]
     worst = lines[1]
     assert worst["seeds"] == "0 1 2" and worst["n_seeds"] == "3" and worst["n_detection"] == "2"
     assert worst["test_accuracy_mean"] == "82.0000" and worst["test_accuracy_ci95"] == "4.9683"

@@ -42,7 +42,7 @@ def write_policy_files(args, noise_type, seed, run_dir, policies):
     if data.clean_labels is None:
         sys.exit(f"fix_policy_study.py: the {noise_type} labels of {args.dataset} have no ground truth to score with")
     table = read_label_issues(os.path.join(run_dir, "label_issues.csv"), len(data.noisy_labels))
-    flagged = in_dataset_order(table, "group") == "4"
+    flagged = in_dataset_order(table, "flagged")  # what the review page flags
     os.makedirs(os.path.join(run_dir, "policy_fixes"), exist_ok=True)
     paths = {}
     for policy in policies:

@@ -50,8 +50,8 @@ def patch(variant):
         training.build_model = build_model
     elif variant == "fp32_eval":
         agreement_pass, accuracy = training.agreement_pass, training.accuracy
-        training.agreement_pass = lambda teacher, student, batches, precision: agreement_pass(
-            teacher, student, batches, "fp32")
+        training.agreement_pass = lambda teacher, student, batches, precision, **keep: agreement_pass(
+            teacher, student, batches, "fp32", **keep)
         training.accuracy = lambda teacher, student, batches, precision: accuracy(teacher, student, batches, "fp32")
 
 

@@ -21,6 +21,11 @@ def save_npy(path, array):
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
+def save_npz(path, **arrays):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
 def clean_state_dict(state_dict):
     """The state dict with DDP / torch.compile prefixes removed, so keys match a plain network."""
     out = {}
@@ -65,12 +70,12 @@ OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "b
                 "detection.json", "review.html", "confidence.png",
                 "scores_histogram.png", "precision_recall.png", "suspicious_images.png",
                 "label_fixes_suggested.csv")  # an earlier version's detection.py wrote it
-STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_agree", "full_pred",
-              "full_pred_agree", "groups", "rng", "metrics")
+STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_probs", "groups", "rng",
+              "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
 RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
                      "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",
-                     "clean_test_freq", "precision", "deterministic")
+                     "clean_test_freq", "precision", "deterministic", "tipping_rule", "record_passes")
 
 
 def rng_states(generator):

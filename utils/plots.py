@@ -88,10 +88,11 @@ def scores_figure(plt, scores, split, flagged, truly_noisy):
     return fig
 
 
-def precision_recall_figure(plt, scores, flagged, truly_noisy):
+def precision_recall_figure(plt, scores, flagged, truly_noisy, flagged_column=None):
     """Precision-recall curve of the ranking by suspicion (low agreement first), with detection.npy's operating
-    point and the precision of flagging at random (the noise rate). Drawn as steps, so the area under it is the
-    average precision."""
+    point, the flagged column's of label_issues.csv where given (it need not lie on the curve: it is not a threshold
+    on the score), and the precision of flagging at random (the noise rate). Drawn as steps, so the area under it is
+    the average precision."""
     fig, ax = plt.subplots(figsize=(6, 5))
     precision, recall, _ = precision_recall_curve(-scores, truly_noisy)
     ax.plot(np.r_[0, recall], np.r_[precision[0], precision], drawstyle="steps-pre", color="tab:blue",
@@ -100,6 +101,10 @@ def precision_recall_figure(plt, scores, flagged, truly_noisy):
     p, r, f1 = precision_recall_f1(flagged, truly_noisy)
     ax.plot([r], [p], "*", color=FLAGGED, markersize=16,
             label=f"detection.npy ({int(flagged.sum()):,} flagged): P {p:.3f}, R {r:.3f}, F1 {f1:.3f}")
+    if flagged_column is not None:
+        p, r, f1 = precision_recall_f1(flagged_column, truly_noisy)
+        ax.plot([r], [p], "D", color="tab:green", markersize=10,
+                label=f"flagged column ({int(flagged_column.sum()):,}): P {p:.3f}, R {r:.3f}, F1 {f1:.3f}")
     ax.axhline(truly_noisy.mean(), color="tab:gray", linestyle=":",
                label=f"flagging at random: noise rate {truly_noisy.mean():.3f}")
     ax.set_xlim(0, 1)

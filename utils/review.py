@@ -1,7 +1,8 @@
-"""review.html: one self-contained page to review the labels BKD flagged (group 4) and those it is unsure of
-(group 3), decide a fix for each (keep, take the suggestion, another class, drop) and download the decisions as
-label_fixes.csv. The page is utils/review_template.html with the run's data as JSON in one script element and the
-thumbnails as data URIs: no server, nothing fetched, it opens from disk and can be mailed. numpy and PIL only."""
+"""review.html: one self-contained page to review the labels BKD flagged (the flagged column of label_issues.csv) and
+those it is unsure of (in the lower two Otsu groups, not flagged), decide a fix for each (keep, take the suggestion,
+another class, drop) and download the decisions as label_fixes.csv. The page is utils/review_template.html with the
+run's data as JSON in one script element and the thumbnails as data URIs: no server, nothing fetched, it opens from
+disk and can be mailed. numpy and PIL only."""
 import base64
 import io
 import json
@@ -108,11 +109,12 @@ def review_page(*, run, cards, images, class_names, storage_key, base_fixes=()):
 def write_review_page(path, *, run, cards, images, class_names, storage_key, base_fixes=()):
     """Write the self-contained review page to `path` atomically (utils.atomic_write) and return its size in bytes.
     run: JSON-ready dict of header facts: dataset, noise_type, seed, tipping_epoch (int or None), images (N in the
-         data set), flagged (int, group 4 count), uncertain (int, group 3 count), shown (number of cards on the page),
+         data set), flagged (int, images flagged), uncertain (int, images uncertain), shown (number of cards on the page),
          cap (the --review_max_images limit), detection (None, or dict with precision, recall, f1, auroc,
          average_precision: values may be None), label_fixes (None, or dict with path, sha256, relabelled, dropped,
          kept: the run was trained with these fixes), dropped (int: images the run's fixes dropped).
-    cards: list of dicts in display order (flagged = group 4 from the most suspicious down, then uncertain = group 3):
+    cards: list of dicts in display order (the flagged images from the most suspicious down, then the uncertain ones;
+         a card's group is 4 for a flagged image, 3 for an uncertain one):
          index (int, position in the data set), file (str, may be ''), given (int: the label the run trained on),
          original (int: the label in the data set on disk, before the run's own --label_fixes; == given without fixes),
          suggested (int: BKD's suggested label), score (float in [0,1]: agreement on the given label, low = suspicious),

@@ -1,5 +1,6 @@
 """Seed summaries: mean and 95 % confidence interval of test accuracy and of the detection numbers (precision, recall,
-F1, AUROC, average precision) over the seeds of each (dataset, noise type), read from the runs' metrics.json.
+F1, AUROC, average precision of detection.npy, and the F1 of label_issues.csv's flagged column) over the seeds of each
+(dataset, noise type), read from the runs' metrics.json.
 No torch here, so summarize.py is instant."""
 import csv
 import glob
@@ -16,7 +17,7 @@ from utils import atomic_write
 DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "average_precision")
 DETECTION_HEADERS = ("precision", "recall", "F1", "AUROC", "average precision")
 CSV_COLUMNS = ["dataset", "noise_type", "n_seeds", "seeds", "test_accuracy_mean", "test_accuracy_ci95",
-               "n_detection"] + [f"{k}_{s}" for k in DETECTION_KEYS for s in ("mean", "ci95")]
+               "n_detection"] + [f"{k}_{s}" for k in DETECTION_KEYS + ("flagged_f1",) for s in ("mean", "ci95")]
 
 
 class SummaryError(ValueError):
@@ -55,6 +56,9 @@ def _read_run(path):
             # None where a number is undefined (no truly noisy label).
             run["detection"] = {k: float(v) for k, v in run["detection"].items()
                                 if k in DETECTION_KEYS and v is not None}
+            flagged = m.get("flagged") or {}  # label_issues.csv's flagged column; runs of older versions lack it
+            if flagged.get("f1") is not None:
+                run["detection"]["flagged_f1"] = float(flagged["f1"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SummaryError(f"{path}: not a BKD metrics.json (missing or malformed field: "
                            f"{type(e).__name__}: {e})") from None
@@ -80,7 +84,7 @@ def collect(results_dir, notes=None):
         # Runs without a tipping epoch have no detection; each number is averaged over the runs that have it.
         detected = [r["detection"] for r in runs if r["detection"] is not None]
         row["n_detection"] = len(detected)
-        for k in DETECTION_KEYS:
+        for k in DETECTION_KEYS + ("flagged_f1",):
             row[f"{k}_mean"], row[f"{k}_ci95"] = mean_ci95([d[k] for d in detected if k in d])
         rows.append(row)
     return rows
@@ -102,14 +106,16 @@ def _pm(mean, half, decimals):
 
 
 def to_markdown(rows):
-    header = ["dataset", "noise type", "seeds", "test accuracy (%)", "runs with detection", *DETECTION_HEADERS]
+    header = ["dataset", "noise type", "seeds", "test accuracy (%)", "runs with detection", *DETECTION_HEADERS,
+              "F1 of the flagged column"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         cells = [r["dataset"], r["noise_type"], ", ".join(map(str, r["seeds"])),
                  _pm(r["test_accuracy_mean"], r["test_accuracy_ci95"], 2), str(r["n_detection"])]
-        cells += [_pm(r[f"{k}_mean"], r[f"{k}_ci95"], 4) for k in DETECTION_KEYS]
+        cells += [_pm(r[f"{k}_mean"], r[f"{k}_ci95"], 4) for k in DETECTION_KEYS + ("flagged_f1",)]
         lines.append("| " + " | ".join(cells) + " |")
-    caption = "Mean ± half-width of the 95 % confidence interval over seeds (Student's t); no ± with one seed."
+    caption = ("Mean ± half-width of the 95 % confidence interval over seeds (Student's t); no ± with one seed. "
+               "Precision to F1 score detection.npy; the last column the flagged column of label_issues.csv.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 

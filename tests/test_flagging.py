@@ -1,0 +1,77 @@
+"""The cuts of utils/flagging.py on hand-computed examples: the shipped flagged cut (suggested label != given, on the
+agreement averaged over the last passes), confident learning's confident class, joint and pruning by noise rate
+(worked out by hand below), and, where the study's cleanlab is installed, the pruning against cleanlab's own."""
+import numpy as np
+import pytest
+
+from utils.flagging import (CUTS, FLAGGED_CUT, confident_class, confident_joint, confident_learning, disagree,
+                            flag_labels, g4, lowest, prune_by_noise_rate, rounded_rows)
+
+LABELS = np.array([0, 0, 1, 1])
+PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
+# thresholds: class 0 (0.9 + 0.6) / 2 = 0.75, class 1 (0.7 + 0.2) / 2 = 0.45. Sample 0 reaches only 0's, sample 1
+# neither, sample 2 only 1's, sample 3 only 0's: confident classes 0, -1, 1, 0. Joint: labelled 0 -> [1, 0] (sample 1
+# has none), labelled 1 -> [1, 1]; calibrated to 2 samples per class: [[2, 0], [1, 1]]. Pruning: one sample labelled
+# 1 goes, the one whose p(0) - p(1) is largest: sample 3 (0.6 against -0.4).
+
+
+def test_the_flagged_cut_is_the_suggestion_of_the_averaged_passes():
+    labels = np.array([0, 1, 2])
+    passes = np.array([
+        [[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]],  # one pass: sample 0 suggests 1
+        [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4]],  # another: sample 0 suggests 0, sample 2 suggests 0
+        [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]])
+    # averaged: sample 0 (0.467, 0.433, 0.1) keeps its label, sample 2 (0.233, 0.1, 0.667) too: nothing flagged,
+    # where the middle pass alone flags sample 2 and the first alone flags sample 0
+    assert not flag_labels(passes.mean(axis=0), labels).any()
+    assert flag_labels(passes[0], labels).tolist() == [True, False, False]
+    assert flag_labels(passes[1], labels).tolist() == [False, False, True]
+    assert np.array_equal(flag_labels(PROBS, LABELS), disagree(PROBS, LABELS))
+    assert disagree(PROBS, LABELS).tolist() == [False, False, False, True]
+    assert FLAGGED_CUT == "suggested label != given, over the last passes" and set(CUTS) >= {"g4", "suggested != given"}
+
+
+def test_confident_learning_by_hand():
+    assert confident_class(PROBS, LABELS).tolist() == [0, -1, 1, 0]
+    assert confident_learning(PROBS, LABELS).tolist() == [False, False, False, True]
+    assert confident_joint(PROBS, LABELS).tolist() == [[2, 0], [1, 1]]
+    assert prune_by_noise_rate(PROBS, LABELS).tolist() == [False, False, False, True]
+
+
+def test_pruning_keeps_a_sample_of_every_class():
+    """Every sample labelled 0 confidently belongs to 1: the joint moves both, the pruning only one (the first of
+    the tie), so that class 0 keeps a sample."""
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.05, 0.95], [0.05, 0.95], [0.1, 0.9], [0.1, 0.9]])
+    assert confident_joint(probs, labels).tolist() == [[0, 2], [0, 2]]
+    assert prune_by_noise_rate(probs, labels).tolist() == [True, False, False, False]
+
+
+def test_rounded_rows_keep_their_totals():
+    assert rounded_rows(np.array([[0.4, 0.4, 0.2]])).tolist() == [[1, 0, 0]]  # the largest remainder, first of a tie
+    assert rounded_rows(np.array([[1.5, 2.5], [3.0, 0.0]])).tolist() == [[2, 2], [3, 0]]
+    rows = np.random.RandomState(0).dirichlet(np.ones(5), size=20) * 37
+    assert np.array_equal(rounded_rows(rows).sum(axis=1), np.full(20, 37))
+
+
+def test_lowest_and_g4():
+    labels = np.zeros(6, dtype=np.int64)
+    agree = np.array([0.5, 0.01, 0.9, 0.01, 0.95, 0.02])
+    probs = np.stack([agree, 1 - agree], axis=1)
+    assert lowest(probs, labels, 2).tolist() == [False, True, False, True, False, False]  # ties by index
+    # Otsu splits {0.01, 0.01, 0.02} from {0.5, 0.9, 0.95}; group 4 lies below the lower mean, 0.0133: 0.02 is group 3
+    assert g4(probs, labels).tolist() == [False, True, False, True, False, False]
+
+
+def test_pruning_matches_cleanlab_where_installed():
+    """Our numpy pruning flags the same images as cleanlab's find_label_issues(filter_by='prune_by_noise_rate') but
+    for a few per thousand (their rounding differs): a study dependency, so this runs only where it is installed."""
+    cleanlab = pytest.importorskip("cleanlab.filter")
+    rng = np.random.RandomState(0)
+    true = rng.randint(0, 5, size=1000)
+    labels = np.where(rng.rand(1000) < 0.2, rng.randint(0, 5, size=1000), true)
+    logits = rng.randn(1000, 5) + 3 * np.eye(5)[true]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ours = prune_by_noise_rate(probs, labels)
+    theirs = cleanlab.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    assert ours.sum() > 50 and np.sum(ours != theirs) <= 0.01 * len(labels), (ours.sum(), theirs.sum())
