@@ -165,6 +165,15 @@ def script_parser(script):
             "detection.py": detection.get_parser}[script]()
 
 
+@pytest.mark.parametrize("script", ["blind_knowledge_dist_training.py", "learning.py", "detection.py"])
+def test_help_names_every_flag(script):
+    """--help formats (a stray % in a help text would make it raise) and says something about every flag."""
+    parser = script_parser(script)
+    text = parser.format_help()
+    for action in parser._actions:
+        assert action.help and all(option in text for option in action.option_strings), action.option_strings
+
+
 @pytest.mark.parametrize("script, args, fragments", [
     ("blind_knowledge_dist_training.py", ["--dataset", "mnist"], ["invalid choice", "'cifar10', 'cifar100', 'synthetic'"]),
     ("blind_knowledge_dist_training.py", ["--arch", "vgg"], ["invalid choice", "preresnet18"]),

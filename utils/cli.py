@@ -10,7 +10,7 @@ from data import DATASETS, DEFAULT_IMAGE_SIZE, DEFAULT_NOISE_TYPE, MIN_IMAGE_SIZ
 from data.fixes import apply_label_fixes, run_dir_suffix
 from models import ARCHS
 from utils import InputError, RunError
-from utils.tipping import DEFAULT_RULE, PATIENCE, TIPPING_RULES
+from utils.tipping import DEFAULT_RULE, FIT_SHARE, PATIENCE, TIPPING_RULES
 
 DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic": "small_cnn",
                 "folder": "preresnet18", "npz": "preresnet18"}
@@ -70,15 +70,16 @@ def get_args_parser(description):
                        help=f"weight of the student's opinion in the teacher's target for group {i} after the split")
     g.add_argument("--seed", type=int, default=0, help="seeds Python, numpy, torch and the validation split")
     g.add_argument("--tipping_rule", default=DEFAULT_RULE, choices=sorted(TIPPING_RULES),
-                   help="when to split. plateau = once neither the student's confidence nor the training fit of the "
-                        f"labels has risen for {PATIENCE} epochs beyond its own noise (docs/tipping.md); reference = the "
+                   help=f"when to split. plateau = once, for {PATIENCE} epochs, neither the student's confidence has "
+                        f"risen beyond its own noise nor the training fit of the labels beyond {FIT_SHARE * 100:g} %% of its "
+                        "rise (docs/tipping.md); reference = the "
                         "reference's rule, the first epoch above its two neighbours on each side (for numbers to "
                         "compare with the paper; it fires on wiggles of a rising curve); none = never split (one-hot "
                         "training throughout, nothing flagged)")
     g.add_argument("--detection_npy", default="g4", choices=("g4", "flagged"),
                    help="what detection.npy holds: g4 = the reference's detection (the lowest group of the Otsu split), "
                         "so challenge and paper numbers stay comparable; flagged = the flagged column of "
-                        "label_issues.csv (confident learning on BKD's agreements, the better cut: docs/detection.md)")
+                        "label_issues.csv (suggested label != given, the better cut: docs/detection.md)")
     g.add_argument("--record_passes", action="store_true",
                    help="for tools/tipping_study.py: save every epoch's full-set pass (both networks' logits) in "
                         "<run>/passes/, so tipping rules can be replayed offline")
