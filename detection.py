@@ -6,8 +6,8 @@ reference prints them; then the same for the flagged column of label_issues.csv 
 shows), side by side with G4's; then the ranking by the detection scores without a threshold (AUROC, average
 precision, precision at k) and how often the suggested label is the true one. The same numbers go to detection.json
 in the run directory. It also writes review.html, a page to review the flagged and uncertain images and download
-the label fixes to train with (--label_fixes). No fixes without a review: no automatic policy is known to help
-(data/fixes.py SUGGESTED_POLICY, docs/review.md)."""
+the label fixes to train with (--label_fixes), and label_fixes_suggested.csv, the fixes of the one policy without a
+reviewer that has not cost accuracy in tools/fix_policy_study.py (data/fixes.py SUGGESTED_POLICY, docs/review.md)."""
 import json
 import os
 
@@ -112,8 +112,8 @@ def g4_f1(table, kept, truly_noisy):
 
 
 def suggested_fixes_line(path, data, table):
-    """Write the fixes of SUGGESTED_POLICY to `path`, or remove an earlier version's file there when there is no such
-    policy; the line that says which."""
+    """Write the fixes of SUGGESTED_POLICY to `path`, or remove an earlier file there when there is no such policy (so
+    nobody trains on fixes that are no longer suggested); the line that says which."""
     if SUGGESTED_POLICY is None:
         stale = os.path.isfile(path)
         if stale:
@@ -123,7 +123,7 @@ def suggested_fixes_line(path, data, table):
     rows = run_policy_fixes(data, SUGGESTED_POLICY, table)
     write_label_fixes(path, rows)
     return (f"written: {path} ({len(rows)} rows: {FIX_POLICIES[SUGGESTED_POLICY]}; train on it with --label_fixes "
-            f"{path})")
+            f"{path}, or review review.html first: a review gains more, docs/review.md)")
 
 
 def _number(x, decimals=4):

@@ -228,8 +228,11 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     column = written.pop("flagged_column")  # the flagged column of label_issues.csv, scored on the kept images too
     assert written == m["detection"] and column["images"] == 95 and column == {
         k: m["flagged"][k] for k in ("images", "flagged", "truly_noisy", "precision", "recall", "f1")}
-    assert (d / "review.html").is_file() and not (d / "label_fixes_suggested.csv").exists()  # docs/review.md
+    assert (d / "review.html").is_file() and (d / "label_fixes_suggested.csv").is_file()  # docs/review.md
     on_disk = load_dataset("cifar10", "worst", fake_cifar["dir"], str(tmp_path / "labels.pt"))
+    suggested = apply_label_fixes(on_disk, str(d / "label_fixes_suggested.csv"))  # on top of the run's own fixes
+    assert suggested.dropped.sum() >= 5 and not suggested.kept[[1, 2, 4, 5, 7]].any()
+    assert suggested.noisy_labels[3] == clean[3]  # the run's relabels stay
     write_label_fixes(tmp_path / "again.csv", run_policy_fixes(apply_label_fixes(on_disk, path), "relabel", table))
     again = apply_label_fixes(on_disk, str(tmp_path / "again.csv"))  # a policy on top of the fixes, applicable
     assert again.dropped.sum() == 5 and np.sum(again.noisy_labels != noisy) >= 10

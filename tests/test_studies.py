@@ -90,22 +90,22 @@ def test_run_policy_fixes_read_the_table_in_dataset_order():
 
 
 def test_detection_writes_the_suggested_policy_or_removes_an_old_file(tmp_path, monkeypatch):
-    """label_fixes_suggested.csv holds SUGGESTED_POLICY's fixes; with none (the study's finding), detection.py writes
-    no fixes and removes the file an earlier version wrote (every flagged image relabelled), so nobody trains on it."""
+    """label_fixes_suggested.csv holds SUGGESTED_POLICY's fixes (relabel_sure, the study's finding: docs/review.md);
+    with no policy, detection.py writes no fixes and removes an earlier file, so nobody trains on it."""
     data, groups, suggested, given, sure = six_images()
     table, path = label_issues_table(groups, suggested, given, sure), tmp_path / "label_fixes_suggested.csv"
-    assert SUGGESTED_POLICY is None is detection.SUGGESTED_POLICY
-    path.write_text("index,file,given_label,action,new_label\n0,,0,relabel,1\n")
+    assert SUGGESTED_POLICY == "relabel_sure" == detection.SUGGESTED_POLICY
+    assert detection.suggested_fixes_line(str(path), data, table) == (
+        f"written: {path} (3 rows: {FIX_POLICIES['relabel_sure']}; train on it with --label_fixes {path}, or review "
+        f"review.html first: a review gains more, docs/review.md)")
+    assert apply_label_fixes(data, str(path)).label_fixes.info == dict(
+        path=str(path), sha256=file_sha256(path), rows=3, relabelled=1, dropped=2, kept=0)
+    monkeypatch.setattr(detection, "SUGGESTED_POLICY", None)
     assert detection.suggested_fixes_line(str(path), data, table) == (
         f"no label fixes without a review ({path} of an earlier version removed): none is known to help "
         f"(docs/review.md); review review.html and train with the fixes it downloads")
     assert not path.exists()
     assert detection.suggested_fixes_line(str(path), data, table).startswith("no label fixes without a review: ")
-    monkeypatch.setattr(detection, "SUGGESTED_POLICY", "relabel_sure")
-    assert detection.suggested_fixes_line(str(path), data, table) == (
-        f"written: {path} (3 rows: {FIX_POLICIES['relabel_sure']}; train on it with --label_fixes {path})")
-    assert apply_label_fixes(data, str(path)).label_fixes.info == dict(
-        path=str(path), sha256=file_sha256(path), rows=3, relabelled=1, dropped=2, kept=0)
 
 
 def test_study_statistics_by_hand():
@@ -154,7 +154,7 @@ def test_fix_policy_study_end_to_end_and_again(study_data, tmp_path):
     assert fixed["label_fixes"]["wrong_before"] == pytest.approx(34 / 100)
     assert "reviewer: mean difference to as is" in table and "(the ceiling, needs the ground truth)" in table
     assert table.splitlines()[-2].startswith("chosen: ")
-    assert table.splitlines()[-1] == "detection.py writes the fixes of: none (SUGGESTED_POLICY in data/fixes.py)"
+    assert table.splitlines()[-1] == "detection.py writes the fixes of: relabel_sure (SUGGESTED_POLICY in data/fixes.py)"
     again = run("tools/fix_policy_study.py", *flags)  # everything finished: nothing is trained again
     assert again.returncode == 0 and "1 of 1 finished already, 0 to train" in again.stdout
     assert "2 of 2 finished already, 0 to train" in again.stdout
