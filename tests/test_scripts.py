@@ -24,10 +24,11 @@ def assert_clean_error(result, *fragments):
 
 
 def test_training_writes_every_output(synthetic_run):
-    d = synthetic_run["dir"]  # detection.json and review.html are written by detection.py
+    d = synthetic_run["dir"]  # detection.json, label_fixes_suggested.csv and review.html are written by detection.py
     assert sorted(os.listdir(d)) == ["best_student.pth.tar", "best_teacher.pth.tar", "detection.json",
-                                     "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json",
-                                     "review.html", "student.pth.tar", "teacher.pth.tar"]
+                                     "detection.npy", "detection_scores.npy", "label_fixes_suggested.csv",
+                                     "label_issues.csv", "metrics.json", "review.html", "student.pth.tar",
+                                     "teacher.pth.tar"]
     flagged = np.load(d / "detection.npy", allow_pickle=False)
     assert flagged.dtype == np.bool_ and flagged.shape == (N_SYNTHETIC,)
     scores = np.load(d / "detection_scores.npy", allow_pickle=False)
