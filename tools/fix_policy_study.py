@@ -80,25 +80,25 @@ def main():
                                        run.run_dir + run_dir_suffix(path))
     stop_if_failed(run_all(list(fixed.values()), args.jobs, label="retrained with fixes"))
 
-    header = ["label set", "training labels", "clean test accuracy (%)", "difference to as is (points)",
+    header = ["label set", "training labels", "clean test accuracy (%)", "difference to as is (points)", "p",
               "wrong training labels", "relabelled", "dropped", "tipping epoch per seed"]
     rows, means = [], {}
     for n in args.noise_types:
         seeds = [s for s in args.seeds if all((n, s, policy) in fixed for policy in args.policies)]
         if not seeds:
-            rows.append([n, "no run with a detection", "–", "–", "–", "–", "–", "–"])
+            rows.append([n, "no run with a detection", "–", "–", "–", "–", "–", "–", "–"])
             continue
         base = [as_is[n, s].metrics() for s in seeds]
         accuracy = [m["final_test_accuracy"] for m in base]
         noise = np.mean([noise_rate(m) for m in base]) * 100
-        rows.append([n, "as is", pm(*mean_ci(accuracy), 2), "", f"{noise:.1f} %", "", "", tipping_epochs(base)])
+        rows.append([n, "as is", pm(*mean_ci(accuracy), 2), "", "", f"{noise:.1f} %", "", "", tipping_epochs(base)])
         for policy in args.policies:
             ms = [fixed[n, s, policy].metrics() for s in seeds]
             acc = [m["final_test_accuracy"] for m in ms]
-            diff, half, _ = paired(accuracy, acc)
+            diff, half, p = paired(accuracy, acc)
             means.setdefault(policy, {})[n] = diff
             info = [m["label_fixes"] for m in ms]
-            rows.append([n, policy, pm(*mean_ci(acc), 2), signed(diff, half, 2),
+            rows.append([n, policy, pm(*mean_ci(acc), 2), signed(diff, half, 2), "–" if np.isnan(p) else f"{p:.2f}",
                          f"{noise:.1f} % → {np.mean([i['wrong_after'] for i in info]) * 100:.1f} %",
                          f"{np.mean([i['relabelled'] for i in info]):.0f}", f"{np.mean([i['dropped'] for i in info]):.0f}",
                          tipping_epochs(ms)])
@@ -115,7 +115,7 @@ def main():
     lines.append(f"chosen: {best[0]}" if best else "chosen: none (no policy without a reviewer is safe)")
     lines.append(f"detection.py writes the fixes of: {SUGGESTED_POLICY or 'none'} (SUGGESTED_POLICY in data/fixes.py)")
     text = (f"{args.dataset}, seeds {', '.join(map(str, args.seeds))}, training flags {args.train_flags}; "
-            f"{device_line()}. Mean ± 95 % interval over seeds; the difference to as is is paired by seed.\n\n"
+            f"{device_line()}. Mean ± 95 % interval over seeds; the difference to as is is paired by seed (p: paired t-test).\n\n"
             + markdown_table(header, rows) + "\n" + "\n".join(lines) + "\n")
     os.makedirs(args.results_dir, exist_ok=True)
     out = os.path.join(args.results_dir, "study.md")

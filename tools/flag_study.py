@@ -209,15 +209,16 @@ def main():
 
 def write_table(args, results):
     header = ["source", "label set", "method", "F1", "precision", "recall", "flagged", "AUROC", "average precision",
-              "F1 - peer's", "training (image-epochs)"]
+              "F1 - peer's", "p", "training (image-epochs)"]
     rows = []
     for (source, noise, method), scores in results.items():
         peer = results[source, noise, f"{args.folds}-fold CE + cleanlab (peer)"]
         f1 = [s["f1"] for s in scores]
+        diff, half, p = paired([s["f1"] for s in peer], f1)
         rows.append([source, noise, method, pm(*mean_ci(f1), 3), pm(*mean_ci([s["precision"] for s in scores]), 3),
                      pm(*mean_ci([s["recall"] for s in scores]), 3), f"{np.mean([s['flagged'] for s in scores]):.0f}",
                      pm(*mean_ci([s["auroc"] for s in scores]), 3), pm(*mean_ci([s["ap"] for s in scores]), 3),
-                     signed(*paired([s["f1"] for s in peer], f1)[:2], 3),
+                     signed(diff, half, 3), "–" if np.isnan(p) else f"{p:.2f}",
                      f"{np.mean([s['cost'] for s in scores]):,.0f}"])
     # the same F1s as one matrix, a method a row and a label set a column (mean over seeds; * = at or above the peer)
     label_sets = list(dict.fromkeys((source, noise) for source, noise, _ in results))
@@ -232,7 +233,7 @@ def write_table(args, results):
                             [[m] + [cell(s, n, m) for s, n in label_sets] for m in methods])
     text = (f"Recording runs of schedule {args.schedule}, tipping rule {args.tipping_rule}, seeds "
             f"{', '.join(map(str, args.seeds))}; {device_line()}. Mean ± 95 % interval over seeds; the difference to the "
-            f"peer is paired by seed.\n\n" + markdown_table(header, rows) + "\nDetection F1, mean over the seeds (* = at "
+            f"peer is paired by seed (p: paired t-test).\n\n" + markdown_table(header, rows) + "\nDetection F1, mean over the seeds (* = at "
             f"or above the peer's):\n\n" + matrix)
     os.makedirs(args.results_dir, exist_ok=True)
     with open(os.path.join(args.results_dir, "study.md"), "w") as f:
