@@ -155,10 +155,11 @@ def main(args):
 
     # Per-sample statistics, flat device tensors indexed by position, of the last few epochs (as many as the tipping
     # rule can look back, at least 4): the agreement on the label recorded during training, and the full-set passes'
-    # agreement of every class (N x C floats a slot; freed after the split).
+    # agreement of every class (N x C floats a slot) and the teacher's predicted class (freed after the split).
     n_train, n_full, n_slots = len(train_idx), len(data.noisy_labels), history_slots(args.tipping_rule)
     train_agree = torch.zeros(n_slots, n_train, device=device)
     full_probs = torch.zeros(n_slots, n_full, data.num_classes, device=device)
+    teacher_predicted = torch.zeros(n_slots, n_full, dtype=torch.long, device=device)
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
@@ -176,6 +177,7 @@ def main(args):
         scheduler.load_state_dict(state["scheduler"])
         train_agree.copy_(state["train_agree"])
         full_probs = state["full_probs"].to(device)  # empty once the run has split
+        teacher_predicted = state["teacher_predicted"].to(device)
         groups.copy_(state["groups"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
@@ -192,7 +194,8 @@ def main(args):
     def training_state(epoch_done, epoch_in_progress=None):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
                     student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    train_agree=train_agree, full_probs=full_probs, groups=groups, rng=rng_states(generator),
+                    train_agree=train_agree, full_probs=full_probs, teacher_predicted=teacher_predicted,
+                    groups=groups, rng=rng_states(generator),
                     metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
@@ -246,8 +249,9 @@ def main(args):
         searching = metrics["tipping_epoch"] is None
         tipping = find_tipping(args.tipping_rule, metrics["confidence"], metrics["train_fit"]) if searching else None
         if searching and (tipping is None or tipping.epoch == epoch):  # this epoch's pass may be (or is) the tipping one
-            full_probs[slot], *logits = agreement_pass(eval_teacher, eval_student, full_batches, precision,
-                                                       keep_probs=True, keep_logits=args.record_passes)[3:]
+            full_probs[slot], teacher_predicted[slot], *logits = agreement_pass(
+                eval_teacher, eval_student, full_batches, precision, keep_probs=True, keep_teacher=True,
+                keep_logits=args.record_passes)[3:]
             if args.record_passes and MAIN_PROCESS:  # for tools/tipping_study.py: every pass, replayable offline
                 save_npz(f"{out_dir}/passes/epoch_{epoch:04d}.npz", teacher_logits=logits[0].cpu().numpy(),
                          student_logits=logits[1].cpu().numpy(), train_agreement=train_agree[slot].cpu().numpy(),
@@ -279,8 +283,8 @@ def main(args):
             # Detection: the same split of the full-set pass of the tipping epoch, and the flagged labels of the
             # last passes (images dropped by --label_fixes are outside both, never flagged)
             metrics.update(detect(full_probs[tipping % n_slots].cpu().numpy(), full_probs.mean(dim=0).cpu().numpy(),
-                                  data, args, out_dir, metrics))
-            full_probs = full_probs.new_zeros(0)  # no longer needed: the saved state shrinks
+                                  teacher_predicted.cpu().numpy(), data, args, out_dir, metrics))
+            full_probs, teacher_predicted = full_probs.new_zeros(0), teacher_predicted.new_zeros(0)  # the state shrinks
 
         # ------------------------------------------------------------ evaluation
         last = epoch == args.n_epoch - 1
@@ -350,11 +354,11 @@ def otsu_or_warn(values, key, consequence, metrics):
     return split
 
 
-def detect(tipping_probs, recent_probs, data, args, out_dir, metrics):
+def detect(tipping_probs, recent_probs, teacher_predicted, data, args, out_dir, metrics):
     """Detection at the split, from the agreements of every class (N, C, dataset order) of the full-set pass of the
-    tipping epoch and averaged over the last passes: G4 of the modified Otsu split of the tipping pass's agreement on
-    the label (the reference's detection), and the labels utils.flagging.flag_labels flags (what label_issues.csv
-    flags); writes detection.npy (G4, or the flagged labels with --detection_npy flagged), detection_scores.npy and
+    tipping epoch and averaged over the last passes, and the teacher's predicted classes of the last passes (passes,
+    N): G4 of the modified Otsu split of the tipping pass's agreement on the label (the reference's detection), and
+    the labels utils.flagging.flag_labels flags (what label_issues.csv flags); writes detection.npy (G4, or the flagged labels with --detection_npy flagged), detection_scores.npy and
     label_issues.csv. Returns the metrics of both."""
     kept, labels, truly_noisy = data.kept, data.noisy_labels, data.noise_or_not
     scores = tipping_probs[np.arange(len(labels)), labels]  # the agreement on the label: the ranking
@@ -362,7 +366,7 @@ def detect(tipping_probs, recent_probs, data, args, out_dir, metrics):
     split = otsu_or_warn(scores[kept], "detection_split", "nothing in G4", metrics)
     groups = None if split is None else assign_groups(scores, split)
     g4 = np.zeros(len(labels), dtype=bool) if split is None else (groups == 4) & kept
-    flagged = flag_labels(recent_probs, labels) & kept
+    flagged = flag_labels(recent_probs, labels, teacher_predicted) & kept
     detection = g4 if args.detection_npy == "g4" else flagged
     if MAIN_PROCESS:
         save_npy(f"{out_dir}/detection.npy", detection)

@@ -15,20 +15,35 @@ PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
 # 1 goes, the one whose p(0) - p(1) is largest: sample 3 (0.6 against -0.4).
 
 
-def test_the_flagged_cut_is_the_suggestion_of_the_averaged_passes():
+def test_the_flagged_cut_is_the_suggestion_of_the_averaged_passes_where_the_teacher_refuses_the_label():
     labels = np.array([0, 1, 2])
     passes = np.array([
         [[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]],  # one pass: sample 0 suggests 1
         [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4]],  # another: sample 0 suggests 0, sample 2 suggests 0
         [[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]])
+    refusing = np.array([[1, 1, 2]] * 3)  # in every pass the teacher predicts another class for sample 0 only
     # averaged: sample 0 (0.467, 0.433, 0.1) keeps its label, sample 2 (0.233, 0.1, 0.667) too: nothing flagged,
     # where the middle pass alone flags sample 2 and the first alone flags sample 0
-    assert not flag_labels(passes.mean(axis=0), labels).any()
-    assert flag_labels(passes[0], labels).tolist() == [True, False, False]
-    assert flag_labels(passes[1], labels).tolist() == [False, False, True]
-    assert np.array_equal(flag_labels(PROBS, LABELS), disagree(PROBS, LABELS))
-    assert disagree(PROBS, LABELS).tolist() == [False, False, False, True]
-    assert FLAGGED_CUT == "suggested label != given, over the last passes" and set(CUTS) >= {"g4", "suggested != given"}
+    assert not flag_labels(passes.mean(axis=0), labels, refusing).any()
+    assert flag_labels(passes[0], labels, refusing).tolist() == [True, False, False]
+    # sample 2's suggestion differs in the middle pass, but the teacher accepts its label: not flagged
+    assert flag_labels(passes[1], labels, refusing).tolist() == [False, False, False]
+    assert flag_labels(passes[1], labels, [[0, 1, 0]] * 3).tolist() == [False, False, True]
+    assert FLAGGED_CUT.startswith("suggested label != given") and set(CUTS) >= {"g4", "suggested != given"}
+
+
+def test_the_teacher_may_accept_the_label_in_one_of_the_last_passes_and_no_more():
+    labels = np.array([0, 0, 0, 1])
+    probs = np.array([[0.1, 0.9]] * 3 + [[0.9, 0.1]])  # every suggestion differs from its label
+    teacher = np.array([[1, 1, 0, 0],  # 5 passes of the teacher's predicted classes
+                        [1, 1, 0, 0],
+                        [1, 1, 1, 1],
+                        [1, 0, 0, 0],
+                        [1, 1, 0, 0]])
+    # refusals: sample 0 in all 5, sample 1 in 4 (all but one), sample 2 in 1, sample 3 (label 1) in 4
+    assert flag_labels(probs, labels, teacher).tolist() == [True, True, False, True]
+    assert flag_labels(probs, labels, teacher[:1]).tolist() == [True, True, True, True]  # one pass: all but one = 0
+    assert not flag_labels(np.array([[0.9, 0.1]] * 3 + [[0.1, 0.9]]), labels, teacher).any()  # suggestions agree
 
 
 def test_confident_learning_by_hand():

@@ -13,6 +13,7 @@ from tests.conftest import N_SYNTHETIC, run
 from utils.bkd import precision_recall_f1
 from utils.label_issues import read_label_issues, write_label_issues
 from utils.metrics import auroc, average_precision, detection_report, precision_at_k, precision_recall_curve
+from utils.flagging import FLAGGED_CUT
 
 # Five samples, most suspicious first; the two at 0.8 are tied, one of them mislabelled.
 SUSPICION = [0.9, 0.8, 0.8, 0.5, 0.3]
@@ -112,7 +113,7 @@ def test_detection_script_reports_the_ranking(synthetic_run):
     assert suggested_rows == column["flagged"]
     assert lines[2] == f"precision is {m['precision']}"  # the reference's lines stay first (tests/test_scripts.py)
     # the flagged column beside the reference's G4, both scored as the training script scored them
-    assert lines[6] == (f"flagged in label_issues.csv (suggested label != given, over the last passes): "
+    assert lines[6] == (f"flagged in label_issues.csv ({FLAGGED_CUT}): "
                         f"{column['flagged']}, precision {column['precision']:.4f}, recall {column['recall']:.4f}, "
                         f"F1 {column['f1']:.4f} (G4's F1 {m['f1']:.4f})")
     assert lines[7:] == [

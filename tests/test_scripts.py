@@ -8,9 +8,9 @@ import torch
 
 from models import build_model
 from tests.conftest import N_SYNTHETIC, SYNTHETIC_EPOCHS, run, write_pickle
-from utils.flagging import FLAGGED_CUT
+from utils.flagging import FLAGGED_CUT, flag_labels, probabilities
 from utils.label_issues import in_dataset_order, read_label_issues
-from utils.tipping import PATIENCE
+from utils.tipping import PATIENCE, history_slots
 
 
 
@@ -235,12 +235,22 @@ def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tm
 
 
 def test_detection_npy_flagged_holds_the_flagged_column(fake_run):
-    """--detection_npy flagged writes the flagged column of label_issues.csv into detection.npy, and says so."""
+    """--detection_npy flagged writes the flagged column of label_issues.csv into detection.npy, and says so; the
+    column is utils.flagging.flag_labels of the last full-set passes before the split (recomputed here from the
+    passes --record_passes saved: the agreement averaged, the teacher's predicted classes)."""
     result = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", fake_run["tmp"] / "r",
-                 "--detection_npy", "flagged")
+                 "--detection_npy", "flagged", "--record_passes")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     d = fake_run["tmp"] / "r" / "cifar10_worst_seed_0"
     table = read_label_issues(d / "label_issues.csv", 100)
     assert np.array_equal(np.load(d / "detection.npy"), in_dataset_order(table, "flagged"))
     m = json.loads((d / "metrics.json").read_text())
     assert m["detection"]["flagged"] == m["flagged"]["flagged"] and "detection.npy (flagged) flags" in result.stdout
+    found, slots = m["tipping_found_epoch"], history_slots("reference")
+    assert m["tipping_epoch"] < found  # so the found epoch's own pass is not among the last passes
+    passes = [np.load(d / "passes" / f"epoch_{e:04d}.npz") for e in range(found - slots, found)]
+    labels = in_dataset_order(table, "given_label")
+    recent = np.mean([probabilities(p["teacher_logits"], p["student_logits"])[0] for p in passes], axis=0)
+    teacher = np.stack([p["teacher_logits"].argmax(axis=1) for p in passes])
+    assert np.array_equal(in_dataset_order(table, "flagged"), flag_labels(recent, labels, teacher))
+    assert np.array_equal(in_dataset_order(table, "suggested_label"), recent.argmax(axis=1))

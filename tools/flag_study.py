@@ -1,17 +1,19 @@
 """Which labels to flag: cuts of BKD's own outputs against confident learning on K-fold out-of-fold probabilities.
 
     pip install -r requirements-study.txt        # cleanlab, scikit-learn: this study's only, never the scripts'
-    python tools/tipping_study.py record          # first: the recording runs (every epoch's pass saved)
-    python tools/flag_study.py                    # the K-fold peer's trainings, then the table
+    python tools/make_digits_npz.py --out ~/data/digits
+    python tools/flag_study.py --seeds 0 1 2 3 4  # the recording runs, the K-fold peer's trainings, then the table
 
 Per label set and seed: the pass of the tipping epoch that --tipping_rule finds (replayed on the recording run of
 tools/tipping_study.py: up to the split, a run of any rule is that run) gives BKD's per-class agreement, student and
-teacher probabilities. Each cut of them (utils.flagging.CUTS: the reference's G4, G3 + G4, suggested label != given,
-confident learning on the agreement, ...) flags a set of labels, scored against the ground truth (which scores and
+teacher probabilities, and the teacher's predictions of the last passes. Each cut of them (utils.flagging.CUTS: the
+reference's G4, G3 + G4, suggested label != given, confident learning on the agreement, ...; the teacher's refusals
+of the label; the shipped utils.flagging.flag_labels) flags a set of labels, scored against the ground truth (which scores and
 never decides). The peer: the same network trained K times with cross-entropy on the other folds (K-fold
 cross-validation, as cleanlab's documentation recommends), its out-of-fold probabilities given to cleanlab's
 find_label_issues (its defaults), and, for a like-for-like reading, cleanlab on BKD's probabilities too.
-Trainings are reused when finished. The table goes to --results_dir/study.md.
+The recording runs of the noisy label sets (tools/tipping_study.py record, which also records clean labels) are
+trained first where missing. Trainings are reused when finished. The table goes to --results_dir/study.md.
 """
 import argparse
 import json
@@ -118,9 +120,11 @@ def out_of_fold(args, runs, source, noise, seed, n, num_classes):
 
 # ---------------------------------------------------------------------------- scoring
 def pass_probabilities(run, epoch):
-    """(agreement probabilities, student probabilities, training images) of a recording run's pass of `epoch`."""
+    """(agreement probabilities, student probabilities, the teacher's predicted classes, training images) of a
+    recording run's pass of `epoch`."""
     with np.load(os.path.join(run.run_dir, "passes", f"epoch_{epoch:04d}.npz")) as z:
-        return (*probabilities(z["teacher_logits"], z["student_logits"]), len(z["train_idx"]))
+        return (*probabilities(z["teacher_logits"], z["student_logits"]), z["teacher_logits"].argmax(axis=1),
+                len(z["train_idx"]))
 
 
 def score(flagged, suspicion, wrong):
@@ -142,7 +146,7 @@ def main():
     fold.add_argument("--resume", action="store_true", help="(ignored: a fold is retrained unless finished)")
     p.add_argument("--sources", nargs="+", default=list(NOISY), choices=list(NOISY), help="image sources")
     p.add_argument("--schedule", default="demo", choices=list(tipping_study.SCHEDULES), help="the recording runs' schedule")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
     p.add_argument("--tipping_rule", default=DEFAULT_RULE, choices=sorted(set(TIPPING_RULES) - {"none"}),
                    help="the rule whose tipping epoch's pass is cut")
     p.add_argument("--folds", type=int, default=5, help="K of the peer's K-fold cross-validation")
@@ -158,14 +162,17 @@ def main():
 
     cells = [(s, n, seed) for s in args.sources for n in NOISY[s] for seed in args.seeds]
     schedule = tipping_study.SCHEDULES[args.schedule]
+    recordings = tipping_study.recording_runs(argparse.Namespace(
+        sources=args.sources, schedules=[args.schedule], seeds=[str(seed) for seed in args.seeds],
+        digits_dir=args.digits_dir, results_dir=args.recordings))
+    # the recording runs of the noisy label sets (tools/tipping_study.py record trains the clean ones too)
+    stop_if_failed(run_all([recordings[s, n, args.schedule, str(seed)] for s, n, seed in cells], args.jobs,
+                           label="recording runs"))
     peers = peer_runs(args, cells, schedule)
     stop_if_failed(run_all(list(peers.values()), args.jobs, label="K-fold peer trainings"))
-    recordings = tipping_study.recording_runs(argparse.Namespace(
-        sources=args.sources, schedules=[args.schedule], seeds=args.seeds, digits_dir=args.digits_dir,
-        results_dir=args.recordings))
     results = {}  # (source, noise, method) -> [score dict per seed]
     for source, noise, seed in cells:
-        run = recordings[source, noise, args.schedule, seed]
+        run = recordings[source, noise, args.schedule, str(seed)]
         if run.metrics() is None:
             sys.exit(f"{run.run_dir}: no finished recording run; run python tools/tipping_study.py record first")
         data = tipping_study.run_data(source, noise, args)
@@ -180,22 +187,33 @@ def main():
         if tipping is None:
             print(f"{run.run_dir}: the {args.tipping_rule} rule finds no tipping epoch; left out")
             continue
-        agree, student_probs, n_train = pass_probabilities(run, tipping.epoch)
+        agree, student_probs, _, n_train = pass_probabilities(run, tipping.epoch)
         # the passes a run holds when it splits (utils.tipping.history_slots of them, the newest last): the found
         # epoch's own pass only where it is the tipping epoch
         slots = history_slots(args.tipping_rule)
         newest = found if tipping.epoch == found else found - 1
-        recent = np.mean([pass_probabilities(run, e)[0] for e in range(newest - slots + 1, newest + 1)], axis=0)
+        last = [pass_probabilities(run, e) for e in range(newest - slots + 1, newest + 1)]
+        recent, teacher_predicted = np.mean([p[0] for p in last], axis=0), np.stack([p[2] for p in last])
         bkd_cost = (found + 1) * n_train  # one run (two networks) trained until the split finds its tipping epoch
         suspicion = -agree[np.arange(len(labels)), labels]  # the ranking: the same for every cut of BKD
         for name, cut in CUTS.items():
             results.setdefault((source, noise, f"BKD, tipping pass: {name}"), []).append(
                 dict(score(cut(agree, labels), suspicion, wrong), cost=bkd_cost))
-        for name in ("g4", "confident learning, pruned by noise rate"):
+        for name in ("g4", "confident learning, pruned by noise rate", "suggested != given"):
             results.setdefault((source, noise, f"BKD, last {slots} passes: {name}"), []).append(
                 dict(score(CUTS[name](recent, labels), suspicion, wrong), cost=bkd_cost))
+        teacher_refuses = teacher_predicted != labels
+        for least in range(slots - 2, slots + 1):  # the teacher's refusals alone, and the shipped cut's neighbours
+            name = f"teacher refuses the label in {least}+ of the last {slots} passes"
+            results.setdefault((source, noise, f"BKD, {name}"), []).append(
+                dict(score(teacher_refuses.sum(axis=0) >= least, suspicion, wrong), cost=bkd_cost))
+            if least != slots - 1:
+                results.setdefault((source, noise, f"BKD, last {slots} passes: suggested != given and {name}"),
+                                   []).append(dict(score(CUTS["suggested != given"](recent, labels)
+                                                         & (teacher_refuses.sum(axis=0) >= least), suspicion, wrong),
+                                                   cost=bkd_cost))
         results.setdefault((source, noise, f"BKD, last {slots} passes: {FLAGGED_CUT} (shipped)"), []).append(
-            dict(score(flag_labels(recent, labels), suspicion, wrong), cost=bkd_cost))
+            dict(score(flag_labels(recent, labels, teacher_predicted), suspicion, wrong), cost=bkd_cost))
         results.setdefault((source, noise, "BKD, tipping pass: agreement + cleanlab"), []).append(
             dict(score(find_label_issues(labels, agree), suspicion, wrong), cost=bkd_cost))
         results.setdefault((source, noise, "BKD, tipping pass: student + cleanlab"), []).append(

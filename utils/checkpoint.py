@@ -70,8 +70,8 @@ OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "b
                 "detection.json", "review.html", "confidence.png",
                 "scores_histogram.png", "precision_recall.png", "suspicious_images.png",
                 "label_fixes_suggested.csv")  # an earlier version's detection.py wrote it
-STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_probs", "groups", "rng",
-              "metrics")
+STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_probs", "teacher_predicted",
+              "groups", "rng", "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
 RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
                      "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",

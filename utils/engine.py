@@ -102,12 +102,13 @@ def train_step(teacher, student, optimizer, x, y, alphas, precision, student_str
 
 
 @torch.inference_mode()
-def agreement_pass(teacher, student, batches, precision="fp32", keep_probs=False, keep_logits=False):
+def agreement_pass(teacher, student, batches, precision="fp32", keep_probs=False, keep_teacher=False,
+                   keep_logits=False):
     """Both networks in eval mode over every sample of `batches`, in split order: (agreement on the sample's
     label, the label the agreement predicts (its argmax), the agreement of that prediction), as device tensors;
-    with keep_probs, also the agreement of every class (N, C); with keep_logits, also the teacher's and the student's
-    logits, (N, C) each. Under torchrun each rank fills its share and the sum over ranks completes the arrays on
-    every rank."""
+    with keep_probs, also the agreement of every class (N, C); with keep_teacher, also the class the teacher alone
+    predicts (N,); with keep_logits, also the teacher's and the student's logits, (N, C) each. Under torchrun each
+    rank fills its share and the sum over ranks completes the arrays on every rank."""
     teacher.eval()
     student.eval()
     device = batches.indices.device
@@ -116,6 +117,7 @@ def agreement_pass(teacher, student, batches, precision="fp32", keep_probs=False
     predicted = torch.zeros(n, dtype=torch.long, device=device)
     agree_of_predicted = torch.zeros(n, device=device)
     probs = logits = None
+    teacher_predicted = torch.zeros(n, dtype=torch.long, device=device) if keep_teacher else None
     for x, y, pos in batches:
         with autocast(device, precision):
             t, s = teacher(x), student(x)
@@ -126,11 +128,14 @@ def agreement_pass(teacher, student, batches, precision="fp32", keep_probs=False
         if keep_probs:
             probs = torch.zeros(n, p.shape[1], device=device) if probs is None else probs
             probs[pos] = p
+        if keep_teacher:
+            teacher_predicted[pos] = t.argmax(dim=1)
         if keep_logits:
             logits = torch.zeros(2, n, t.shape[1], device=device) if logits is None else logits
             logits[0, pos], logits[1, pos] = t, s
     out = (all_reduce(agree_on_label), all_reduce(predicted), all_reduce(agree_of_predicted))
     return (out + ((all_reduce(probs),) if keep_probs else ())
+            + ((all_reduce(teacher_predicted),) if keep_teacher else ())
             + ((all_reduce(logits[0]), all_reduce(logits[1])) if keep_logits else ()))
 
 

@@ -2,8 +2,9 @@
 
 Every cut is a pure function (agreement probabilities (N, C), given labels (N,)) -> bool (N,), True = flagged as
 wrong. `g4` is the reference's (the lowest group of the modified Otsu split of the agreement on the given label,
-what detection.npy holds); FLAGGED_CUT is what label_issues.csv flags and review.html shows, chosen by
-tools/flag_study.py (docs/detection.md). numpy only."""
+what detection.npy holds); FLAGGED_CUT (flag_labels, which also weighs the teacher's predictions of the last
+passes) is what label_issues.csv flags and review.html shows, chosen by tools/flag_study.py (docs/detection.md).
+numpy only."""
 import numpy as np
 
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split
@@ -126,11 +127,21 @@ CUTS = {"g4": g4, "g3+g4": g34, "suggested != given": disagree, "confident learn
         "lowest k, k = confident learning's count": lowest_confident_count}
 
 
-FLAGGED_CUT = "suggested label != given, over the last passes"  # what label_issues.csv flags (docs/detection.md)
+TEACHER_SPARES = 1  # the teacher may accept the given label in this many of the last passes, and no more
 
 
-def flag_labels(recent_probs, labels):
+# what label_issues.csv flags (docs/detection.md)
+FLAGGED_CUT = "suggested label != given, the teacher predicting another class in all but one of the last passes"
+
+
+def flag_labels(recent_probs, labels, teacher_predictions):
     """The labels believed wrong: where the suggested label, the argmax of the agreement averaged over the last
     full-set passes (recent_probs, (N, C): each pass draws its own augmentation, and the networks move between
-    epochs, so the average is steadier than one pass), is not the given one. bool (N,)."""
-    return disagree(np.asarray(recent_probs), np.asarray(labels))
+    epochs, so the average is steadier than one pass), is not the given one, and the teacher, the network trained on
+    the given labels, predicted another class than the given one in all but TEACHER_SPARES of those passes
+    (teacher_predictions, (passes, N)). The suggestion alone also disagrees with right labels of images the networks
+    get wrong, which where few labels are wrong is much of what it flags; the teacher's steady refusal of the label
+    leaves most of those out (tools/flag_study.py, docs/detection.md). bool (N,)."""
+    labels, teacher_predictions = np.asarray(labels), np.asarray(teacher_predictions)
+    refusals = np.sum(teacher_predictions != labels[None, :], axis=0)
+    return disagree(np.asarray(recent_probs), labels) & (refusals >= len(teacher_predictions) - TEACHER_SPARES)
