@@ -195,8 +195,7 @@ def main(args):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
                     student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     train_agree=train_agree, full_probs=full_probs, teacher_predicted=teacher_predicted,
-                    groups=groups, rng=rng_states(generator),
-                    metrics=metrics)
+                    groups=groups, rng=rng_states(generator), metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -358,8 +357,9 @@ def detect(tipping_probs, recent_probs, teacher_predicted, data, args, out_dir, 
     """Detection at the split, from the agreements of every class (N, C, dataset order) of the full-set pass of the
     tipping epoch and averaged over the last passes, and the teacher's predicted classes of the last passes (passes,
     N): G4 of the modified Otsu split of the tipping pass's agreement on the label (the reference's detection), and
-    the labels utils.flagging.flag_labels flags (what label_issues.csv flags); writes detection.npy (G4, or the flagged labels with --detection_npy flagged), detection_scores.npy and
-    label_issues.csv. Returns the metrics of both."""
+    the labels utils.flagging.flag_labels flags (what label_issues.csv flags); writes detection.npy (G4, or the
+    flagged labels with --detection_npy flagged), detection_scores.npy and label_issues.csv. Returns the metrics of
+    both."""
     kept, labels, truly_noisy = data.kept, data.noisy_labels, data.noise_or_not
     scores = tipping_probs[np.arange(len(labels)), labels]  # the agreement on the label: the ranking
     suggested, suggested_agree = recent_probs.argmax(axis=1), recent_probs.max(axis=1)

@@ -22,6 +22,7 @@ Not a test: pytest does not collect it.
 import argparse
 import collections
 import functools
+import io
 import os
 import pickle
 import re
@@ -44,6 +45,7 @@ from data.pipeline import DeviceBatches, to_device_images  # noqa: E402
 from models import ARCHS, build_model  # noqa: E402
 from utils.engine import agreement_pass, get_device, make_optimizer, resolve_precision, train_step  # noqa: E402
 from utils.step import TrainStep  # noqa: E402
+from utils.tipping import DEFAULT_RULE, history_slots  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "H800": 989, "A100": 312, "L40S": 362, "A10": 125}
 STDERR_TAIL_LINES = 40  # of the training script's stderr, in the error of a failed loop
@@ -253,6 +255,30 @@ def pass_and_pipeline(args, padded, labels, device, precision):
     return len(padded) / t_full.seconds, t_pipe.seconds / made
 
 
+def resident_bytes(device):
+    """Memory in use: allocated device memory on CUDA, the process's resident memory on a CPU (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pass_history_memory(args, device):
+    """(bytes in memory, bytes in a saved state) of the pass history the training script keeps until the split, for
+    --n_images images of --history_classes classes: the agreement of every class and the teacher's predicted class
+    in each of the default rule's last passes, allocated and filled as the script's own tensors."""
+    slots = history_slots(DEFAULT_RULE)
+    sync(device)
+    before = resident_bytes(device)
+    history = dict(full_probs=torch.full((slots, args.n_images, args.history_classes), 0.5, device=device),
+                   teacher_predicted=torch.ones(slots, args.n_images, dtype=torch.long, device=device))
+    sync(device)
+    in_memory = resident_bytes(device) - before
+    saved = io.BytesIO()
+    torch.save(history, saved)
+    return slots, in_memory, saved.tell()
+
+
 def write_fake_cifar(folder, n_images, rng):
     """n_images random CIFAR-shaped training images (and a tenth as many test images, at most 10,000) in the real
     CIFAR-10 file layout, with a CIFAR-N-style label file whose 'worse_label' is 40 % wrong."""
@@ -354,6 +380,8 @@ def main():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--baseline_workers", type=int, default=4, help="DataLoader workers of the reference-style baseline")
     p.add_argument("--no_baseline", action="store_true", help="skip the reference-style baseline")
+    p.add_argument("--history_classes", type=int, default=100,
+                   help="classes of the pass-history memory figure (100: CIFAR-100 sizes with the default images)")
     p.add_argument("--loop_epochs", type=int, default=None,
                    help="epochs of the training script on the stand-in images (0 = skip). Default: 3 on CUDA, 0 on CPU")
     p.add_argument("--epochs", type=int, default=300, help="epochs of the projected run")
@@ -413,6 +441,14 @@ def main():
               + (f" = {100 * pipe_s * step_ips[best_mode] / args.batch_size:.1f} % of a {best_mode} step"
                  if best_mode else ""))
         table.add("full-set pass", f"{full_ips:,.0f} images/s")
+
+    measured = table.measure("pass history until the split", pass_history_memory, args, device)
+    if measured is not None:
+        slots, in_memory, saved = measured
+        where = "allocated on the device" if cuda else "resident"
+        print(f"pass history until the split ({slots} passes, {args.n_images} images x {args.history_classes} "
+              f"classes): {in_memory / 2**20:.1f} MiB {where}, {saved / 2**20:.1f} MiB in the saved state")
+        table.add("pass history until the split", f"{in_memory / 2**20:.1f} MiB {where}, {saved / 2**20:.1f} MiB saved")
 
     if cuda:
         flops = table.measure("MFU", lambda: forward_flops(make_pair(args, device)[0][0], device))

@@ -79,8 +79,8 @@ def get_args_parser(description):
     g.add_argument("--detection_npy", default="g4", choices=("g4", "flagged"),
                    help="what detection.npy holds: g4 = the reference's detection (the lowest group of the Otsu split), "
                         "so challenge and paper numbers stay comparable; flagged = the flagged column of "
-                        "label_issues.csv (the suggested label differs from the given one and the teacher refuses it, the "
-                        "better cut: docs/detection.md)")
+                        "label_issues.csv (the suggested label differs from the given one and the teacher refuses "
+                        "the given one, the better cut: docs/detection.md)")
     g.add_argument("--record_passes", action="store_true",
                    help="for tools/tipping_study.py: save every epoch's full-set pass (both networks' logits) in "
                         "<run>/passes/, so tipping rules can be replayed offline")
