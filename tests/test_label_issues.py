@@ -114,8 +114,10 @@ def test_run_writes_the_table(synthetic_run):
     assert set(groups) <= {1, 2, 3, 4} and np.array_equal(groups[order] == 4, np.load(d / "detection.npy"))
     lower_mean = m["detection_split"]["lower_mean"]
     assert np.all(a[groups == 4] < lower_mean) and np.all(a[groups != 4] >= lower_mean * (1 - 1e-5))
-    # the flagged column: the suggestion (averaged over the last passes) is not the given label
-    assert np.array_equal(table["flagged"], table["suggested_label"] != table["given_label"])
+    # the flagged column: the suggestion (averaged over the last passes) is not the given label, and the teacher
+    # refused it (a subset of the differing suggestions: tests/test_scripts.py recomputes it from recorded passes)
+    differs = table["suggested_label"] != table["given_label"]
+    assert np.all(differs[table["flagged"]]) and table["flagged"].sum() <= differs.sum()
     assert m["flagged"]["flagged"] == int(table["flagged"].sum()) and 0 < m["flagged"]["flagged"] < N_SYNTHETIC
     # the suggestion's agreement is the highest of an average of distributions: between 1 / classes and 1
     assert np.all(table["agreement_suggested"] >= (1 - 1e-5) / SYNTHETIC_NUM_CLASSES)
