@@ -2,14 +2,14 @@
 
     pip install -r requirements-study.txt        # cleanlab, scikit-learn: this study's only, never the scripts'
     python tools/make_digits_npz.py --out ~/data/digits
-    python tools/flag_study.py --seeds 0 1 2 3 4  # the recording runs, the K-fold peer's trainings, then the table
+    python tools/flag_study.py                    # the recording runs, the K-fold peer's trainings, then the table
 
 Per label set and seed: the pass of the tipping epoch that --tipping_rule finds (replayed on the recording run of
 tools/tipping_study.py: up to the split, a run of any rule is that run) gives BKD's per-class agreement, student and
 teacher probabilities, and the teacher's predictions of the last passes. Each cut of them (utils.flagging.CUTS: the
 reference's G4, G3 + G4, suggested label != given, confident learning on the agreement, ...; the teacher's refusals
-of the label; the shipped utils.flagging.flag_labels) flags a set of labels, scored against the ground truth (which scores and
-never decides). The peer: the same network trained K times with cross-entropy on the other folds (K-fold
+of the label; the shipped utils.flagging.flag_labels) flags a set of labels, scored against the ground truth (which
+scores and never decides). The peer: the same network trained K times with cross-entropy on the other folds (K-fold
 cross-validation, as cleanlab's documentation recommends), its out-of-fold probabilities given to cleanlab's
 find_label_issues (its defaults), and, for a like-for-like reading, cleanlab on BKD's probabilities too.
 The recording runs of the noisy label sets (tools/tipping_study.py record, which also records clean labels) are
