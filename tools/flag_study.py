@@ -28,7 +28,7 @@ import tipping_study  # noqa: E402
 from study import ROOT, Run, device_line, markdown_table, mean_ci, paired, pm, run_all, signed, stop_if_failed  # noqa: E402
 
 sys.path.insert(0, ROOT)
-from utils.flagging import CUTS, FLAGGED_CUT, flag_labels, probabilities  # noqa: E402
+from utils.flagging import CUTS, FLAGGED_CUT, TEACHER_SPARES, flag_labels, probabilities  # noqa: E402
 from utils.metrics import auroc, average_precision  # noqa: E402
 from utils.bkd import precision_recall_f1  # noqa: E402
 from utils.tipping import DEFAULT_RULE, TIPPING_RULES, find_tipping, history_slots  # noqa: E402
@@ -173,8 +173,6 @@ def main():
     results = {}  # (source, noise, method) -> [score dict per seed]
     for source, noise, seed in cells:
         run = recordings[source, noise, args.schedule, str(seed)]
-        if run.metrics() is None:
-            sys.exit(f"{run.run_dir}: no finished recording run; run python tools/tipping_study.py record first")
         data = tipping_study.run_data(source, noise, args)
         labels, wrong = data.noisy_labels, data.noise_or_not
         curves = tipping_study.epoch_table(run, data)
@@ -202,16 +200,15 @@ def main():
         for name in ("g4", "confident learning, pruned by noise rate", "suggested != given"):
             results.setdefault((source, noise, f"BKD, last {slots} passes: {name}"), []).append(
                 dict(score(CUTS[name](recent, labels), suspicion, wrong), cost=bkd_cost))
-        teacher_refuses = teacher_predicted != labels
-        for least in range(slots - 2, slots + 1):  # the teacher's refusals alone, and the shipped cut's neighbours
-            name = f"teacher refuses the label in {least}+ of the last {slots} passes"
+        refusals = np.sum(teacher_predicted != labels, axis=0)
+        for spares in (2, 1, 0):  # the teacher's refusals alone, and the shipped cut's neighbours
+            name = f"teacher refuses the label in {slots - spares}+ of the last {slots} passes"
             results.setdefault((source, noise, f"BKD, {name}"), []).append(
-                dict(score(teacher_refuses.sum(axis=0) >= least, suspicion, wrong), cost=bkd_cost))
-            if least != slots - 1:
+                dict(score(refusals >= slots - spares, suspicion, wrong), cost=bkd_cost))
+            if spares != TEACHER_SPARES:
                 results.setdefault((source, noise, f"BKD, last {slots} passes: suggested != given and {name}"),
-                                   []).append(dict(score(CUTS["suggested != given"](recent, labels)
-                                                         & (teacher_refuses.sum(axis=0) >= least), suspicion, wrong),
-                                                   cost=bkd_cost))
+                                   []).append(dict(score(flag_labels(recent, labels, teacher_predicted, spares),
+                                                         suspicion, wrong), cost=bkd_cost))
         results.setdefault((source, noise, f"BKD, last {slots} passes: {FLAGGED_CUT} (shipped)"), []).append(
             dict(score(flag_labels(recent, labels, teacher_predicted), suspicion, wrong), cost=bkd_cost))
         results.setdefault((source, noise, "BKD, tipping pass: agreement + cleanlab"), []).append(

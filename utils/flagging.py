@@ -134,14 +134,14 @@ TEACHER_SPARES = 1  # the teacher may accept the given label in this many of the
 FLAGGED_CUT = "suggested label != given, the teacher predicting another class in all but one of the last passes"
 
 
-def flag_labels(recent_probs, labels, teacher_predictions):
+def flag_labels(recent_probs, labels, teacher_predictions, spares=TEACHER_SPARES):
     """The labels believed wrong: where the suggested label, the argmax of the agreement averaged over the last
     full-set passes (recent_probs, (N, C): each pass draws its own augmentation, and the networks move between
     epochs, so the average is steadier than one pass), is not the given one, and the teacher, the network trained on
-    the given labels, predicted another class than the given one in all but TEACHER_SPARES of those passes
+    the given labels, predicted another class than the given one in all but `spares` of those passes
     (teacher_predictions, (passes, N)). The suggestion alone also disagrees with right labels of images the networks
     get wrong, which where few labels are wrong is much of what it flags; the teacher's steady refusal of the label
     leaves most of those out (tools/flag_study.py, docs/detection.md). bool (N,)."""
     labels, teacher_predictions = np.asarray(labels), np.asarray(teacher_predictions)
     refusals = np.sum(teacher_predictions != labels[None, :], axis=0)
-    return disagree(np.asarray(recent_probs), labels) & (refusals >= len(teacher_predictions) - TEACHER_SPARES)
+    return disagree(np.asarray(recent_probs), labels) & (refusals >= len(teacher_predictions) - spares)
