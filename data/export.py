@@ -11,14 +11,30 @@ were): image j of the copy is the j-th image not dropped. Every class must keep 
 not load (or would number its classes differently).
 
 Beside the copy, a manifest (MANIFEST) traces it back: the source, the fixes file and its sha256, the counts, every
-image relabelled or dropped. Everything is written into a temporary folder beside the copy and renamed into place at
-the end, so a failed or interrupted export leaves nothing behind. numpy and PIL (through data.folder) only."""
+image relabelled or dropped. A name that is not valid UTF-8 is written as the tables write it (\\xNN) and, beside it,
+as its bytes in hex (<field>_bytes_hex), since a name may also contain those four characters itself.
+
+What is on disk at any moment, even after a SIGKILL or a power loss:
+- Everything is written into a work folder beside the copy (.<name>.<random>.export, with a marker naming the
+  command, the process and the host), every file and folder flushed to disk, then renamed into place (the folder
+  above flushed after each rename). An error, Ctrl-C or SIGTERM removes the work folder; the work folder of a killed
+  export is removed by the next export to the same path, once its marker proves that its process is gone.
+- A folder copy is one rename (its manifest inside). An .npz copy and its manifest are two: the manifest goes in
+  first and the copy last (an earlier copy is moved out first), so the copy never exists without its manifest,
+  which records the copy's sha256. A kill between the two renames leaves a manifest of this command without its
+  copy, which the next export to that path replaces.
+- Nothing else is touched: --overwrite replaces only an earlier export (a folder whose manifest says so; an .npz
+  file whose manifest says so and records its sha256), and a file at the manifest's path that this command did not
+  write is refused, with or without --overwrite.
+numpy and PIL (through data.folder) only."""
 import collections
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import zipfile
@@ -34,6 +50,8 @@ from .folder import list_folder
 
 MADE_BY = "export_fixed_data.py"
 MANIFEST = "manifest.json"  # inside a folder copy; beside an .npz copy as <copy>.manifest.json
+WORK_MARKER = "made_by.json"  # inside a work folder: the command, process and host that made it
+WORK_SUFFIX = ".export"  # of a work folder's name: .<name of the copy>.<random>.export
 
 
 def manifest_path(out, dataset):
@@ -42,18 +60,69 @@ def manifest_path(out, dataset):
     return os.path.join(out, MANIFEST) if dataset == "folder" else out + ".manifest.json"
 
 
-def is_export(out, dataset):
-    """True when out is a copy this command wrote: its manifest is there and says so."""
+def read_json(path):
+    """The JSON object in the file at path; None when there is none (no file, a folder, not JSON, not an object)."""
     try:
-        with open(manifest_path(out, dataset), "rb") as f:
-            return json.loads(f.read().decode("utf-8")).get("made_by") == MADE_BY
-    except (OSError, ValueError, AttributeError):  # no manifest, not JSON, not an object
+        with open(path, "rb") as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def made_here(record):
+    """True when a manifest or work-folder marker (a JSON object, or None) says this command wrote it."""
+    return record is not None and record.get("made_by") == MADE_BY
+
+
+def file_sha256(path):
+    """The sha256 of a file's content; None when it cannot be read (no file, a folder)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def is_export(out, dataset):
+    """True when out is a copy this command wrote: its manifest is there and says so; for an .npz file the manifest
+    also records the copy's sha256, which must be out's (a file saved over the copy since is the user's)."""
+    record = read_json(manifest_path(out, dataset))
+    if not made_here(record):
         return False
+    return dataset == "folder" or (record.get("copy_sha256") is not None
+                                   and file_sha256(out) == record["copy_sha256"])
+
+
+def in_the_way(out, dataset, overwrite):
+    """The paths an export to out must move aside before its own go in (the copy before its manifest). That is
+    nothing when out is free; with overwrite, an earlier export; and an .npz manifest of this command without its
+    copy (left by an export killed between its two renames: it describes no file, so it goes without overwrite too).
+    Anything else raises InputError: out exists (without overwrite), it is not an earlier export, or the .npz
+    manifest's path holds a file this command did not write (the user's, never touched, with overwrite or not)."""
+    manifest = manifest_path(out, dataset)
+    has_manifest = dataset == "npz" and os.path.lexists(manifest)
+    if has_manifest and not made_here(read_json(manifest)):
+        raise InputError(f"{printable_path(manifest)} exists and was not written by {MADE_BY}; the manifest of --out "
+                         f"{printable_path(out)} goes there: move that file away, or choose another path")
+    if not os.path.lexists(out):
+        return [manifest] if has_manifest else []
+    if not overwrite:
+        raise InputError(f"--out {printable_path(out)} exists; choose another path, or pass --overwrite to "
+                         f"replace it")
+    if not is_export(out, dataset):
+        raise InputError(f"--out {printable_path(out)} exists and is not a copy written by {MADE_BY} (no "
+                         f"{printable_path(manifest)} of it); --overwrite replaces only those: remove it yourself or "
+                         f"choose another path")
+    return [out, manifest] if has_manifest else [out]
 
 
 def check_out(out, source, dataset, overwrite):
     """Refuse an --out that would touch the original (the source itself, a path inside it or around it), that has no
-    folder to go into, or that exists (unless overwrite, and then only an earlier export)."""
+    folder to go into, or whose place is taken (in_the_way)."""
     real_out, real_source = os.path.realpath(out), os.path.realpath(source)
     if os.path.commonpath([real_out, real_source]) in (real_out, real_source):
         raise InputError(f"--out {printable_path(out)} is the source {printable_path(source)}, inside it or around "
@@ -62,14 +131,7 @@ def check_out(out, source, dataset, overwrite):
     if not os.path.isdir(parent):
         raise InputError(f"--out {printable_path(out)}: there is no folder {printable_path(parent)} to write it "
                          f"into; create it first")
-    if os.path.lexists(out):
-        if not overwrite:
-            raise InputError(f"--out {printable_path(out)} exists; choose another path, or pass --overwrite to "
-                             f"replace it")
-        if not is_export(out, dataset):
-            raise InputError(f"--out {printable_path(out)} exists and is not a copy written by {MADE_BY} (no "
-                             f"{printable_path(manifest_path(out, dataset))} of it); --overwrite replaces only "
-                             f"those: remove it yourself or choose another path")
+    in_the_way(out, dataset, overwrite)
 
 
 def folder_listing(root):
@@ -137,7 +199,8 @@ def folder_plan(fixed, test_files):
 def link_or_copy(source, dest, always_copy=False):
     """Put source at dest, a new name: a hard link (no space, instant) unless always_copy or the file system refuses
     one, else a copy made through a file created for it (never an existing one, which could be a link into the
-    original). (how, why no link): ("link", None) or ("copy", the reason, None when always_copy)."""
+    original), flushed to disk (a link adds no data to flush). (how, why no link): ("link", None) or ("copy", the
+    reason, None when always_copy)."""
     why = None
     if not always_copy:
         try:
@@ -149,7 +212,9 @@ def link_or_copy(source, dest, always_copy=False):
             why = e.strerror or str(e)  # another file system (EXDEV), one without links, a file of another user
     with open(source, "rb") as src, open(dest, "xb") as dst:
         shutil.copyfileobj(src, dst)
-    shutil.copystat(source, dest)
+        dst.flush()
+        shutil.copystat(source, dest)
+        os.fsync(dst.fileno())  # after copystat: one fsync flushes the content and the times
     return "copy", why
 
 
@@ -196,41 +261,63 @@ def npz_arrays(fixed):
     return arrays
 
 
-def manifest(dataset, source, out, fixed, test_images, moved=None, files=None):
+def bytes_hex(name):
+    """The bytes of a name in hex when they are not valid UTF-8, else None."""
+    raw = os.fsencode(name)
+    try:
+        raw.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        return raw.hex()
+
+
+def name_fields(key, name):
+    """{key: name as the tables write it}, and for a name that is not valid UTF-8 {key_bytes_hex: its bytes} too: its
+    \\xNN escapes could also be a name's own four characters (a file named caf\\xe9.png), its bytes cannot."""
+    raw_hex = bytes_hex(name)
+    return {key: printable_path(name), **({} if raw_hex is None else {f"{key}_bytes_hex": raw_hex})}
+
+
+def manifest(dataset, source, out, fixed, test_images, moved=None, files=None, copy_sha256=None):
     """What the copy is, JSON-ready: its source, the fixes (file, sha256), the images before and after, the
     relabelled ones per class pair, and every image relabelled (with its place in the copy: `moved` of folder_plan
-    for a folder, its position for an .npz file) or dropped; for a folder, `files`: how many hard links and copies.
-    Names are written as the tables write them."""
+    for a folder, its position for an .npz file) or dropped; for a folder, `files`: how many hard links and copies;
+    for an .npz file, the copy's sha256. Names as name_fields writes them: two names never give the same fields."""
     info, before, after, kept = fixed.label_fixes.info, fixed.labels_on_disk, fixed.noisy_labels, fixed.kept
-    names = ([printable_path(c) for c in fixed.class_names] if fixed.class_names
-             else [str(k) for k in range(fixed.num_classes)])
+    names = fixed.class_names or [str(k) for k in range(fixed.num_classes)]
+    names_hex = [bytes_hex(c) for c in names]
     relabelled = np.flatnonzero(kept & (after != before))
     position = np.cumsum(kept) - 1  # of each image kept, in an .npz copy
 
     def source_image(i):
         if dataset != "folder":
             return {"index": int(i)}
-        return {"index": int(i), "file": printable_path(os.path.relpath(fixed.train_files[i], fixed.files_root))}
+        return {"index": int(i), **name_fields("file", os.path.relpath(fixed.train_files[i], fixed.files_root))}
 
     def place_in_copy(i):
-        return {"copy": printable_path(moved[i])} if dataset == "folder" else {"copy_index": int(position[i])}
-    pairs = collections.Counter((names[before[i]], names[after[i]]) for i in relabelled)
+        return name_fields("copy", moved[i]) if dataset == "folder" else {"copy_index": int(position[i])}
+
+    def classes(i):
+        return {**name_fields("from", names[before[i]]), **name_fields("to", names[after[i]])}
+    pairs = collections.Counter((int(before[i]), int(after[i])) for i in relabelled)  # by index: names may look alike
     return {
         "made_by": MADE_BY,
         "dataset": dataset,
-        "source": printable_path(os.path.abspath(source)),
-        "copy": printable_path(os.path.abspath(out)),
-        "label_fixes": {"file": printable_path(os.path.abspath(info["path"])), "sha256": info["sha256"],
+        **name_fields("source", os.path.abspath(source)),
+        **name_fields("copy", os.path.abspath(out)),
+        **({} if copy_sha256 is None else {"copy_sha256": copy_sha256}),
+        "label_fixes": {**name_fields("file", os.path.abspath(info["path"])), "sha256": info["sha256"],
                         "rows": info["rows"]},
-        "class_names": names,
+        "class_names": [printable_path(c) for c in names],
+        **({"class_names_bytes_hex": names_hex} if any(names_hex) else {}),
         "training_images": {"source": len(before), "kept": int(kept.sum()), "relabelled": len(relabelled),
                             "dropped": int((~kept).sum())},
         "test_images": test_images,
-        "relabelled_per_class_pair": [{"from": a, "to": b, "images": n} for (a, b), n in sorted(pairs.items())],
+        "relabelled_per_class_pair": [{**name_fields("from", names[a]), **name_fields("to", names[b]), "images": n}
+                                      for (a, b), n in sorted(pairs.items())],
         **({} if files is None else {"files": {"hard links": files["link"], "copies": files["copy"]}}),
-        "relabelled": [{**source_image(i), "from": names[before[i]], "to": names[after[i]], **place_in_copy(i)}
-                       for i in relabelled],
-        "dropped": [{**source_image(i), "label": names[before[i]]} for i in np.flatnonzero(~kept)],
+        "relabelled": [{**source_image(i), **classes(i), **place_in_copy(i)} for i in relabelled],
+        "dropped": [{**source_image(i), **name_fields("label", names[before[i]])} for i in np.flatnonzero(~kept)],
     }
 
 
@@ -250,42 +337,111 @@ def json_writer(obj):
     return lambda f: f.write((json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+def fsync_folder(path):
+    """Flush a folder's entries (the names in it) to disk: a flushed file is lost on a power loss if its name is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root):
+    """Flush every folder under root, root included, to disk (their files are flushed as they are written)."""
+    for folder, _, _ in os.walk(root):
+        try:
+            fsync_folder(folder)
+        except OSError as e:
+            raise RunError(f"cannot write {printable_path(folder)}: {e.strerror or e}; nothing was written") from None
+
+
+def is_running(pid):
+    """True unless no process pid runs on this machine (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it is there, another user's
+        pass
+    return True
+
+
+def is_leftover(path):
+    """True when path is the work folder of an export whose process is gone (killed, or a power loss): a folder, not
+    a link, whose marker names this command, this host and a process id that no longer runs. A folder without that
+    marker (the user's), that of a running export or of another host (whose processes cannot be seen) is not."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    marker = read_json(os.path.join(path, WORK_MARKER))
+    if not made_here(marker) or marker.get("host") != socket.gethostname():
+        return False
+    pid = marker.get("pid")
+    return type(pid) is int and pid > 0 and not is_running(pid)  # never 0 or < 0: os.kill would mean a group
+
+
+def remove_work(work):
+    """Remove a work folder with all it holds, its marker last: an export killed in the middle leaves it marked, for
+    the next one to remove. What cannot be removed stays (and the marker with it)."""
+    marker = os.path.join(work, WORK_MARKER)
+    with contextlib.suppress(OSError):
+        for path in (os.path.join(work, name) for name in os.listdir(work)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif path != marker:
+                os.remove(path)
+        if os.path.lexists(marker):  # not there when writing it failed
+            os.remove(marker)
+        os.rmdir(work)
+
+
+def remove_leftovers(out):
+    """Remove the work folders that killed exports to out left beside it: those named as work_folder names them
+    (.<name of out>.<random, without a dot>.export) that is_leftover proves to be."""
+    parent, prefix = os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}."
+    for name in os.listdir(parent):
+        random = name[len(prefix):-len(WORK_SUFFIX)]  # a dot in it: the work folder of another name's export
+        if (name.startswith(prefix) and name.endswith(WORK_SUFFIX) and random and "." not in random
+                and is_leftover(os.path.join(parent, name))):
+            remove_work(os.path.join(parent, name))
+
+
 @contextlib.contextmanager
 def work_folder(out):
-    """A temporary folder beside out to write the copy in; removed at the end whatever happens (an error, Ctrl-C, a
-    SIGTERM the script turns into an exception), with all it still holds. Removing hard links leaves their
-    originals as they are."""
+    """A temporary folder beside out to write the copy in, marked as this process's (WORK_MARKER), after removing
+    those of killed exports to out; removed at the end whatever happens (an error, Ctrl-C, a SIGTERM the script turns
+    into an exception), with all it still holds. Removing hard links leaves their originals as they are."""
     parent = os.path.dirname(os.path.abspath(out))
     try:
-        work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=".export")
+        remove_leftovers(out)
+        work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.", suffix=WORK_SUFFIX)
     except OSError as e:
         raise RunError(f"cannot write into {printable_path(parent)}: {e.strerror or e}") from None
     try:
+        marker = {"made_by": MADE_BY, "pid": os.getpid(), "host": socket.gethostname()}
+        write_new(os.path.join(work, WORK_MARKER), json_writer(marker))
         yield work
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work(work)
 
 
-def put_in_place(work, pairs, overwrite):
-    """Rename each (new, dest) of pairs into place. With overwrite, what is at dest (an earlier export) is first moved
-    into work, to be removed with it; if a rename fails, every dest is put back as it was."""
+def put_in_place(work, pairs, aside):
+    """Move each path of aside (in_the_way) into work, to be removed with it, then rename each (new, dest) of pairs
+    into place in order, flushing the folder after each rename so that the renames also reach the disk in that order.
+    If a rename fails, everything is put back as it was."""
     undo = []  # (from, to) renames that restore the state before, newest first
     try:
-        for k, (new, dest) in enumerate(pairs):
-            if os.path.lexists(dest):
-                if not overwrite:  # it appeared while the copy was written
-                    raise InputError(f"--out {printable_path(dest)} appeared while the copy was written; nothing was "
-                                     f"written: choose another path, or pass --overwrite")
-                os.rename(dest, os.path.join(work, f"replaced_{k}"))
-                undo.insert(0, (os.path.join(work, f"replaced_{k}"), dest))
+        for k, path in enumerate(aside):
+            os.rename(path, os.path.join(work, f"replaced_{k}"))
+            undo.insert(0, (os.path.join(work, f"replaced_{k}"), path))
         for k, (new, dest) in enumerate(pairs):
             os.rename(new, dest)
             undo.insert(0, (dest, os.path.join(work, f"failed_{k}")))
+            fsync_folder(os.path.dirname(os.path.abspath(dest)))
     except BaseException as e:
         for source, target in undo:
             os.rename(source, target)
         if isinstance(e, OSError):
-            raise RunError(f"cannot put the copy in place at {printable_path(pairs[0][1])}: {e.strerror or e}; "
+            raise RunError(f"cannot put the copy in place at {printable_path(pairs[-1][1])}: {e.strerror or e}; "
                            f"nothing was written") from None
         raise
 
@@ -304,22 +460,26 @@ def export_folder(root, fixes_path, out, overwrite=False, always_copy=False):
         counts, refused = copy_files(plan, copy_dir, always_copy)
         record = manifest("folder", root, out, fixed, len(test_files), moved, counts)
         write_new(os.path.join(copy_dir, MANIFEST), json_writer(record))
-        put_in_place(work, [(copy_dir, out)], overwrite)
+        fsync_tree(copy_dir)
+        # checked again: what appeared at out while the copy was written
+        put_in_place(work, [(copy_dir, out)], in_the_way(out, "folder", overwrite))
     return record, refused
 
 
 def export_npz(path, fixes_path, out, overwrite=False):
     """Write the .npz copy of the .npz file path with the fixes of fixes_path applied to out, and its manifest beside
-    it; the manifest."""
+    it; the manifest. The manifest goes in place before the copy: a copy never exists without its manifest."""
     out = os.path.normpath(out)
     check_out(out, path, "npz", overwrite)
     fixed = apply_label_fixes(load_npz(path), fixes_path)
     check_every_class_kept(fixed, fixes_path)
-    record = manifest("npz", path, out, fixed, 0 if fixed.test_labels is None else len(fixed.test_labels))
     save = np.savez_compressed if is_compressed(path) else np.savez
     with work_folder(out) as work:
         new_npz, new_manifest = os.path.join(work, "copy.npz"), os.path.join(work, MANIFEST)
         write_new(new_npz, lambda f: save(f, **npz_arrays(fixed)))
+        record = manifest("npz", path, out, fixed, 0 if fixed.test_labels is None else len(fixed.test_labels),
+                          copy_sha256=file_sha256(new_npz))
         write_new(new_manifest, json_writer(record))
-        put_in_place(work, [(new_npz, out), (new_manifest, manifest_path(out, "npz"))], overwrite)
+        put_in_place(work, [(new_manifest, manifest_path(out, "npz")), (new_npz, out)],
+                     in_the_way(out, "npz", overwrite))
     return record
