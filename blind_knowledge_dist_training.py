@@ -29,10 +29,11 @@ from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks,
 from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, resolve_precision, seed_everything,
                           synchronize)
 from utils.flagging import FLAGGED_CUT, flag_labels
+from utils.history import PassHistory
 from utils.label_issues import write_label_issues
 from utils.metrics import detection_report
 from utils.step import TrainStep, graph_capturable
-from utils.tipping import find_tipping, history_slots, still_rising
+from utils.tipping import find_tipping, history_slots, premature_split
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
 
@@ -138,9 +139,9 @@ def main(args):
     if world > 1:  # gradients averaged over ranks; each rank's loss is the mean over its share of the global batch
         ids = [device.index] if device.type == "cuda" else None
         run_teacher, run_student = (DistributedDataParallel(m, device_ids=ids) for m in (eval_teacher, eval_student))
-    # One training step: eager, or on CUDA captured once as a CUDA graph and replayed (after any --resume restore,
-    # since it captures during the first steps of the loop). DDP stays eager.
-    use_graph = args.cuda_graph and graph_capturable(device, world)
+    # One training step: on a single CUDA device captured once as a CUDA graph and replayed (after any --resume
+    # restore, since it captures during the first steps of the loop), unless --no-cuda_graph; eager on CPU and DDP.
+    use_graph = args.cuda_graph is not False and graph_capturable(device, world)  # None: on where it can be
     if args.cuda_graph and not use_graph:
         log("--cuda_graph is ignored " + ("under torchrun: the DDP step stays eager" if world > 1 else
                                           "on this device (CUDA only): the step runs eagerly"))
@@ -153,22 +154,24 @@ def main(args):
     step = TrainStep(run_teacher, run_student, optimizer, precision, args.batch_size, cuda_graph=use_graph,
                      on_capture_failure=capture_failed)
 
-    # Per-sample statistics, flat device tensors indexed by position, of the last few epochs (as many as the tipping
-    # rule can look back, at least 4): the agreement on the label recorded during training, and the full-set passes'
-    # agreement of every class (N x C floats a slot) and the teacher's predicted class (freed after the split).
+    # Per-sample statistics, flat device tensors indexed by position: the agreement on the label recorded during
+    # training in the last few epochs (as many as the tipping rule can look back, at least 4). The full-set passes of
+    # those epochs wait for the split in host memory (utils/history.py), in the process that writes the outputs, and
+    # only where a rule will split.
     n_train, n_full, n_slots = len(train_idx), len(data.noisy_labels), history_slots(args.tipping_rule)
     train_agree = torch.zeros(n_slots, n_train, device=device)
-    full_probs = torch.zeros(n_slots, n_full, data.num_classes, device=device)
-    teacher_predicted = torch.zeros(n_slots, n_full, dtype=torch.long, device=device)
+    history = PassHistory(n_slots, n_full, data.num_classes) if args.tipping_rule != "none" and MAIN_PROCESS else None
+    if history is not None:
+        log(history.describe())
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
 
     metrics = dict(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
                    cuda_graph=use_graph, label_fixes=fixes, confidence=[], train_fit=[],
                    tipping_rule=args.tipping_rule, tipping_epoch=None, tipping_found_epoch=None, tipping_evidence=None,
-                   train_split=None, detection_split=None, group_sizes=None, detection=None, flagged=None, val=[],
-                   test=[], best_val_accuracy=None, best_epoch=None, final_test_accuracy=None, warnings=[],
-                   finished=False)
+                   train_split=None, detection_split=None, group_sizes=None, label_issues_passes=None, detection=None,
+                   flagged=None, val=[], test=[], best_val_accuracy=None, best_epoch=None, final_test_accuracy=None,
+                   warnings=[], finished=False)
     start_epoch, resume_epoch = 0, None
     if state is not None:
         teacher.load_state_dict(state["teacher"])
@@ -176,8 +179,10 @@ def main(args):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         train_agree.copy_(state["train_agree"])
-        full_probs = state["full_probs"].to(device)  # empty once the run has split
-        teacher_predicted = state["teacher_predicted"].to(device)
+        if history is not None and state["pass_history"] is None:  # the run has split
+            history = None
+        elif history is not None:
+            history.load(state["pass_history"])
         groups.copy_(state["groups"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
@@ -194,7 +199,7 @@ def main(args):
     def training_state(epoch_done, epoch_in_progress=None):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
                     student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    train_agree=train_agree, full_probs=full_probs, teacher_predicted=teacher_predicted,
+                    train_agree=train_agree, pass_history=None if history is None else history.state(),
                     groups=groups, rng=rng_states(generator), metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
@@ -247,14 +252,19 @@ def main(args):
         sync_buffers(teacher, student)  # every rank evaluates rank 0's networks
         searching = metrics["tipping_epoch"] is None
         tipping = find_tipping(args.tipping_rule, metrics["confidence"], metrics["train_fit"]) if searching else None
-        if searching and (tipping is None or tipping.epoch == epoch):  # this epoch's pass may be (or is) the tipping one
-            full_probs[slot], teacher_predicted[slot], *logits = agreement_pass(
+        if searching and (tipping is None or tipping.epoch == epoch) and (args.tipping_rule != "none"
+                                                                           or args.record_passes):
+            # this epoch's pass may be (or is) the tipping one; every rank takes its share of it
+            on_label, _, _, probs, teacher_predicted, *logits = agreement_pass(
                 eval_teacher, eval_student, full_batches, precision, keep_probs=True, keep_teacher=True,
-                keep_logits=args.record_passes)[3:]
+                keep_logits=args.record_passes)
+            if history is not None:
+                history.add(slot, epoch, on_label, probs, teacher_predicted)
             if args.record_passes and MAIN_PROCESS:  # for tools/tipping_study.py: every pass, replayable offline
                 save_npz(f"{out_dir}/passes/epoch_{epoch:04d}.npz", teacher_logits=logits[0].cpu().numpy(),
                          student_logits=logits[1].cpu().numpy(), train_agreement=train_agree[slot].cpu().numpy(),
                          train_idx=train_idx)
+            del probs, logits  # N x C on the device: not kept until the next pass
             synchronize(device)  # for the epoch's timing only
         log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s "
             f"(training {train_seconds:.1f} s)")
@@ -263,11 +273,10 @@ def main(args):
             metrics.update(tipping_epoch=tipping, tipping_found_epoch=epoch, tipping_evidence=evidence)
             log(f"overfitting epoch: {tipping}")
             log(f"tipping rule {args.tipping_rule}: {evidence}")
-            premature = still_rising(metrics["confidence"], metrics["train_fit"])
+            premature = premature_split(metrics["confidence"], metrics["train_fit"], data.num_classes)
             if premature is not None:  # kept with the warnings, so the final summary repeats it
                 metrics["warnings"].append(f"the split at epoch {epoch} (tipping epoch {tipping}) looks premature: "
-                                           f"{premature}; the networks may not have learnt yet, and accuracy and "
-                                           f"detection may suffer (the plateau rule waits for the rise to end)")
+                                           f"{premature}; accuracy and detection may suffer")
                 log(f"WARNING: {metrics['warnings'][-1]}")
             agreements = train_agree[tipping % n_slots].cpu().numpy()  # recorded during the tipping epoch
             split = otsu_or_warn(agreements, "train_split", "plain one-hot training continues", metrics)
@@ -280,10 +289,15 @@ def main(args):
                 if world > 1:
                     log(f"all {world} ranks agree on the tipping epoch and the groups")
             # Detection: the same split of the full-set pass of the tipping epoch, and the flagged labels of the
-            # last passes (images dropped by --label_fixes are outside both, never flagged)
-            metrics.update(detect(full_probs[tipping % n_slots].cpu().numpy(), full_probs.mean(dim=0).cpu().numpy(),
-                                  teacher_predicted.cpu().numpy(), data, args, out_dir, metrics))
-            full_probs, teacher_predicted = full_probs.new_zeros(0), teacher_predicted.new_zeros(0)  # the state shrinks
+            # last passes (images dropped by --label_fixes are outside both, never flagged); rank 0 writes it
+            if history is not None:
+                metrics["label_issues_passes"] = dict(tipping=tipping, last=history.epochs())
+                log(f"label_issues.csv: agreement_given and group from the pass of epoch {tipping} (the tipping "
+                    f"epoch); suggested_label, agreement_suggested and flagged from the passes of epochs "
+                    f"{', '.join(map(str, history.epochs()))}, averaged")
+                metrics.update(detect(history.on_label[tipping % n_slots].numpy(), *history.recent(), data, args,
+                                      out_dir, metrics))
+            history = None  # freed: the state shrinks
 
         # ------------------------------------------------------------ evaluation
         last = epoch == args.n_epoch - 1
@@ -321,7 +335,9 @@ def main(args):
     test = ("no test set" if metrics["final_test_accuracy"] is None else
             f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1})")
     log(f"{test}; best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
-    if metrics["tipping_epoch"] is None and args.tipping_rule == "none":
+    if not MAIN_PROCESS:  # the other ranks have no detection (the pass history lives in rank 0): nothing to say
+        pass
+    elif metrics["tipping_epoch"] is None and args.tipping_rule == "none":
         log("--tipping_rule none: no split, training stayed one-hot and nothing was flagged (detection.npy not written)")
     elif metrics["tipping_epoch"] is None:
         log(f"WARNING: no tipping epoch found in {args.n_epoch} epochs: training stayed one-hot and detection.npy "
@@ -353,15 +369,14 @@ def otsu_or_warn(values, key, consequence, metrics):
     return split
 
 
-def detect(tipping_probs, recent_probs, teacher_predicted, data, args, out_dir, metrics):
-    """Detection at the split, from the agreements of every class (N, C, dataset order) of the full-set pass of the
-    tipping epoch and averaged over the last passes, and the teacher's predicted classes of the last passes (passes,
-    N): G4 of the modified Otsu split of the tipping pass's agreement on the label (the reference's detection), and
-    the labels utils.flagging.flag_labels flags (what label_issues.csv flags); writes detection.npy (G4, or the
-    flagged labels with --detection_npy flagged), detection_scores.npy and label_issues.csv. Returns the metrics of
-    both."""
+def detect(scores, recent_probs, teacher_predicted, data, args, out_dir, metrics):
+    """Detection at the split, from the agreement on each label of the full-set pass of the tipping epoch (N, dataset
+    order: the ranking), the agreement of every class averaged over the last passes (N, C) and the teacher's predicted
+    classes of the last passes (passes, N): G4 of the modified Otsu split of the tipping pass's agreement on the label
+    (the reference's detection), and the labels utils.flagging.flag_labels flags (what label_issues.csv flags);
+    writes detection.npy (G4, or the flagged labels with --detection_npy flagged), detection_scores.npy and
+    label_issues.csv. Returns the metrics of both."""
     kept, labels, truly_noisy = data.kept, data.noisy_labels, data.noise_or_not
-    scores = tipping_probs[np.arange(len(labels)), labels]  # the agreement on the label: the ranking
     suggested, suggested_agree = recent_probs.argmax(axis=1), recent_probs.max(axis=1)
     split = otsu_or_warn(scores[kept], "detection_split", "nothing in G4", metrics)
     groups = None if split is None else assign_groups(scores, split)

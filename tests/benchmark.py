@@ -44,6 +44,7 @@ from data import MEAN_STD  # noqa: E402
 from data.pipeline import DeviceBatches, to_device_images  # noqa: E402
 from models import ARCHS, build_model  # noqa: E402
 from utils.engine import agreement_pass, get_device, make_optimizer, resolve_precision, train_step  # noqa: E402
+from utils.history import PassHistory  # noqa: E402
 from utils.step import TrainStep  # noqa: E402
 from utils.tipping import DEFAULT_RULE, history_slots  # noqa: E402
 
@@ -255,28 +256,22 @@ def pass_and_pipeline(args, padded, labels, device, precision):
     return len(padded) / t_full.seconds, t_pipe.seconds / made
 
 
-def resident_bytes(device):
-    """Memory in use: allocated device memory on CUDA, the process's resident memory on a CPU (Linux)."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def pass_history_memory(args, device):
-    """(bytes in memory, bytes in a saved state) of the pass history the training script keeps until the split, for
-    --n_images images of --history_classes classes: the agreement of every class and the teacher's predicted class
-    in each of the default rule's last passes, allocated and filled as the script's own tensors."""
+    """(slots, bytes of its host tensors, bytes it leaves allocated on a CUDA device (None on a CPU), bytes in a saved
+    state) of the pass history the training script keeps until the split (utils.history.PassHistory), for --n_images
+    images of --history_classes classes, filled as the script fills it: from passes made on the training device."""
     slots = history_slots(DEFAULT_RULE)
-    sync(device)
-    before = resident_bytes(device)
-    history = dict(full_probs=torch.full((slots, args.n_images, args.history_classes), 0.5, device=device),
-                   teacher_predicted=torch.ones(slots, args.n_images, dtype=torch.long, device=device))
-    sync(device)
-    in_memory = resident_bytes(device) - before
+    cuda = device.type == "cuda"
+    before = torch.cuda.memory_allocated(device) if cuda else None
+    history = PassHistory(slots, args.n_images, args.history_classes)
+    for slot in range(slots):
+        history.add(slot, slot, torch.full((args.n_images,), 0.5, device=device),
+                    torch.full((args.n_images, args.history_classes), 0.5, device=device),
+                    torch.ones(args.n_images, dtype=torch.long, device=device))
+    on_device = torch.cuda.memory_allocated(device) - before if cuda else None
     saved = io.BytesIO()
-    torch.save(history, saved)
-    return slots, in_memory, saved.tell()
+    torch.save(history.state(), saved)
+    return slots, history.nbytes(), on_device, saved.tell()
 
 
 def write_fake_cifar(folder, n_images, rng):
@@ -444,11 +439,13 @@ def main():
 
     measured = table.measure("pass history until the split", pass_history_memory, args, device)
     if measured is not None:
-        slots, in_memory, saved = measured
-        where = "allocated on the device" if cuda else "resident"
+        slots, in_memory, on_device, saved = measured
+        device_part = "" if on_device is None else f", {on_device / 2**20:.1f} MiB left on the device"
         print(f"pass history until the split ({slots} passes, {args.n_images} images x {args.history_classes} "
-              f"classes): {in_memory / 2**20:.1f} MiB {where}, {saved / 2**20:.1f} MiB in the saved state")
-        table.add("pass history until the split", f"{in_memory / 2**20:.1f} MiB {where}, {saved / 2**20:.1f} MiB saved")
+              f"classes): {in_memory / 2**20:.1f} MiB of host tensors{device_part}, {saved / 2**20:.1f} MiB in the "
+              f"saved state")
+        table.add("pass history until the split", f"{in_memory / 2**20:.1f} MiB host{device_part}, "
+                                                  f"{saved / 2**20:.1f} MiB saved")
 
     if cuda:
         flops = table.measure("MFU", lambda: forward_flops(make_pair(args, device)[0][0], device))

@@ -79,6 +79,25 @@ def test_killed_at_random_moments_and_resumed_gives_identical_outputs(reference,
                              rng.randint(REFERENCE_EPOCHS // 2 + 2, REFERENCE_EPOCHS - 3)])
 
 
+def test_killed_and_resumed_under_the_default_rule_gives_identical_outputs(fake_cifar, tmp_path):
+    """The default tipping rule splits up to PATIENCE epochs after its tipping epoch, from the pass history it keeps
+    until then (utils/history.py): killed before the tipping epoch, between it and the epoch that finds it, and after
+    the split, and resumed each time, the run ends byte for byte as the uninterrupted one."""
+    clean = fake_cifar["labels10"]
+    write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 3 // 2) % 10})
+    flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
+             tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
+             "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5]
+    train(flags, tmp_path / "reference")
+    m = json.loads((tmp_path / "reference" / RUN_DIR / "metrics.json").read_text())
+    tipping, found = m["tipping_epoch"], m["tipping_found_epoch"]
+    assert m["tipping_rule"] == "plateau" and tipping is not None and tipping < found < 26, (tipping, found)
+    # each kill lands in the epoch after the target (or the one after that): before the tipping epoch, in the
+    # epochs the history must carry the tipping pass across, and after the split
+    kill_and_resume(flags, tmp_path, reference=dict(outputs=outputs(tmp_path / "reference" / RUN_DIR)),
+                    targets=[max(1, tipping - 2), tipping + 1, found + 2])
+
+
 def test_sigint_saves_state_and_resume_finishes_identically(reference, tmp_path):
     results = tmp_path / "interrupted"
     process = start(reference["flags"], results, "--n_epoch", 400)  # long enough to be inside training
@@ -128,6 +147,9 @@ def test_unfinished_run_suggests_resume(fake_run):
     other_rule = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
                      "--tipping_rule", "plateau")  # a run keeps the rule it began with
     assert other_rule.returncode == 2 and "--tipping_rule reference -> plateau" in other_rule.stderr
+    other_output = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", results, "--resume",
+                       "--detection_npy", "flagged")  # and what detection.npy holds
+    assert other_output.returncode == 2 and "--detection_npy g4 -> flagged" in other_output.stderr
     # a run of an older version, where --precision auto meant bf16 on CUDA, finishes in bf16 or not at all
     saved = torch.load(state, weights_only=True)
     saved["metrics"]["precision"] = "bf16"
@@ -241,3 +263,19 @@ def test_bad_input_table(tmp_path, fake_cifar):
         assert "Traceback" not in result.stderr and len(errors) == 1, (name, result.stderr[-1500:])
         assert fragment in errors[0], (name, errors[0])
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "a bad input left files behind"
+
+
+def test_overwrite_leaves_nothing_of_the_run_it_replaces(fake_run):
+    """--overwrite removes what the studies keep in a run directory too: the passes of --record_passes, the epoch
+    summary tools/tipping_study.py makes of them and the fixes tools/fix_policy_study.py makes of its detection
+    (a study would read them as the new run's own)."""
+    results = fake_run["tmp"] / "r"
+    train([*fake_run["flags"], "--n_epoch", 3, "--record_passes"], results)
+    run_dir = results / RUN_DIR
+    assert len(list((run_dir / "passes").glob("epoch_*.npz"))) == 3
+    (run_dir / "epochs.json").write_text("{}")
+    (run_dir / "policy_fixes").mkdir()
+    (run_dir / "policy_fixes" / "drop.csv").write_text("index,file,given_label,action,new_label\n")
+    train([*fake_run["flags"], "--n_epoch", 3], results, "--overwrite")
+    assert not (run_dir / "passes").exists() and not (run_dir / "policy_fixes").exists()
+    assert not (run_dir / "epochs.json").exists() and (run_dir / "metrics.json").exists()

@@ -200,3 +200,24 @@ def test_gpu_smoke_script_runs_on_the_cpu():
                      "agreement on the label", "confidence sum"):
         row = next(l for l in table if l.startswith(f"| fp32: {quantity} "))
         assert row.endswith("| ok |") and "| 0 (of values up to" in row, row
+
+
+def test_a_cuda_device_always_has_its_index(monkeypatch):
+    """`--device auto` and `--device cuda` name the current GPU by its index: torch.cuda.set_device (which
+    tests/gpu_smoke.py and torchrun's setup call) refuses a CUDA device without one, as it did on the first GPU
+    window. An index the machine does not have is one clear line. (CUDA faked: this runs on any machine.)"""
+    from utils import InputError
+    from utils.engine import get_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert get_device("auto") == torch.device("cuda", 1)
+    assert get_device("cuda") == torch.device("cuda", 1)
+    assert get_device("cuda:0") == torch.device("cuda", 0)
+    assert get_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        get_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_device("auto") == torch.device("cpu")
+    with pytest.raises(InputError, match="CUDA is not available"):
+        get_device("cuda")

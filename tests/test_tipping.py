@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from utils.bkd import find_tipping_epoch
-from utils.tipping import (FIT_SHARE, MARGIN, PATIENCE, TIPPING_RULES, Tipping, find_tipping, history_slots, noise_level,
-                           plateau_rule, still_rising)
+from utils.tipping import (FIT_SHARE, LEARNT_SHARE, MARGIN, PATIENCE, TIPPING_RULES, Tipping, find_tipping,
+                           history_slots, noise_level, plateau_rule, premature_split)
 
 # Recorded by `python tools/tipping_study.py record` (one torch thread each, torch 2.14.1, 2-core CPU): synthetic label
 # sets and scikit-learn's digits with 25 % wrong labels, on the demo's schedule (24 epochs, lr 0.1 x0.1 every 5) and
@@ -87,15 +87,43 @@ def test_rules_on_recorded_curves(curves, reference, plateau):
                                                (CLEAN_LONG_SEED_1, True), (WORST_DEMO_SEED_1, False),
                                                (DIGITS25_LONG_SEED_0, False)])
 def test_premature_reference_splits_are_named(curves, premature):
-    """still_rising names the reference rule's early splits (learning clearly still rising) and no plateau split."""
+    """premature_split names the reference rule's early splits (learning clearly still rising); the plateau rule's
+    splits of the same learnt curves carry no warning."""
     confidence, fit = curves
     found = first_split("reference", curves)[1]
-    warning = still_rising(confidence[:found + 1], fit[:found + 1])
+    warning = premature_split(confidence[:found + 1], fit[:found + 1], 10)
     assert (warning is not None) == premature, warning
     if premature:
         assert warning.startswith(f"learning was still rising when the split was made (epoch {found})")
     found = first_split("plateau", curves)[1]
-    assert still_rising(confidence[:found + 1], fit[:found + 1]) is None
+    assert premature_split(confidence[:found + 1], fit[:found + 1], 10) is None
+
+
+@pytest.mark.parametrize("num_classes", [2, 10, 100])
+def test_flat_curves_split_by_the_plateau_rule_are_premature(num_classes):
+    """Nothing learnt (a learning rate far too small): the curves are flat at chance, the plateau rule splits within
+    a few epochs, and the split says it looks premature. The same curves lifted to where learnt
+    networks level off do not warn."""
+    rng = np.random.default_rng(4)
+    chance = 1 / num_classes
+    confidence = (chance + 0.01 + rng.normal(0, 0.001, 12)).tolist()
+    flat_fit = (chance + rng.normal(0, 0.001, 12)).tolist()
+    tipping, found = first_split("plateau", (confidence, flat_fit))
+    assert found is not None and found <= 8
+    warning = premature_split(confidence[:found + 1], flat_fit[:found + 1], num_classes)
+    assert warning is not None and warning.startswith(f"nothing was learnt yet when the split was made (epoch {found})")
+    assert f"chance ({chance:.4f}, {num_classes} classes)" in warning
+    learnt_fit = (np.r_[np.linspace(chance, 0.7, 4), np.full(8, 0.7)] + rng.normal(0, 0.001, 12)).tolist()
+    found = first_split("plateau", (confidence, learnt_fit))[1]
+    assert premature_split(confidence[:found + 1], learnt_fit[:found + 1], num_classes) is None
+
+
+def test_the_learnt_share_is_the_line():
+    """Just below the line a plateau split warns, just above it it does not (10 classes: the line is 0.19)."""
+    line = 0.1 + LEARNT_SHARE * 0.9
+    confidence = [0.15] * 8
+    assert premature_split(confidence, [line - 0.001] * 8, 10) is not None
+    assert premature_split(confidence, [line + 0.001] * 8, 10) is None
 
 
 def test_reference_rule_is_find_tipping_epoch():
@@ -149,5 +177,5 @@ def test_history_slots_keep_the_tipping_epoch():
 
 
 def test_a_split_in_the_first_epochs_is_premature():
-    warning = still_rising([0.15, 0.19, 0.23, 0.25, 0.24, 0.23], [0.2, 0.4, 0.6, 0.7, 0.75, 0.78])
+    warning = premature_split([0.15, 0.19, 0.23, 0.25, 0.24, 0.23], [0.2, 0.4, 0.6, 0.7, 0.75, 0.78], 10)
     assert warning is not None and "(epoch 5)" in warning

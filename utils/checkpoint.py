@@ -3,6 +3,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -69,13 +70,16 @@ OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "b
                 # written by detection.py and plots.py from the files above: stale once the run is trained again
                 "detection.json", "review.html", "confidence.png",
                 "scores_histogram.png", "precision_recall.png", "suspicious_images.png",
-                "label_fixes_suggested.csv")  # an earlier version's detection.py wrote it
-STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "full_probs", "teacher_predicted",
-              "groups", "rng", "metrics")
+                "label_fixes_suggested.csv",  # an earlier version's detection.py wrote it
+                "epochs.json")  # tools/tipping_study.py's summary of passes/
+# folders of a run: the passes --record_passes saved, the fixes tools/fix_policy_study.py made of the run's detection
+OUTPUT_FOLDERS = ("passes", "policy_fixes")
+STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "pass_history", "groups", "rng",
+              "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
 RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
                      "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",
-                     "clean_test_freq", "precision", "deterministic", "tipping_rule", "record_passes")
+                     "clean_test_freq", "precision", "deterministic", "tipping_rule", "record_passes", "detection_npy")
 
 
 def rng_states(generator):
@@ -139,6 +143,8 @@ def prepare_run_dir(out_dir, args):
         for name in OUTPUT_FILES:
             with contextlib.suppress(FileNotFoundError):  # under torchrun every rank gets here
                 os.remove(os.path.join(out_dir, name))
+        for name in OUTPUT_FOLDERS:  # stale once the run is trained again, and a study would read them as its own
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
         return None
     if args.resume and not finished:
         if not os.path.isfile(state_path):

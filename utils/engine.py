@@ -11,14 +11,24 @@ from utils.bkd import agreement, compensation_loss, robust_targets, soft_cross_e
 
 
 def get_device(name):
+    """The torch.device of --device: auto (cuda if available, else cpu), cpu, cuda or cuda:N. A CUDA device always
+    comes with its index (cuda means the current one, normally cuda:0): torch.cuda.set_device, CUDA graphs and
+    streams need one."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

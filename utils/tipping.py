@@ -105,19 +105,34 @@ def history_slots(rule):
     return max(4, TIPPING_RULES[rule][1] + 1)
 
 
-def still_rising(confidence, fit, patience=PATIENCE):
-    """At a split, by the plateau rule's evidence: a sentence saying that learning was clearly still rising (the split
-    looks premature: the networks had not learnt yet), or None. Clearly: the confidence rose twice the margin the rule
-    waits for, or the training fit five times its share. The histories end with the epoch the split was made at."""
+LEARNT_SHARE = 0.1  # a pair whose training fit is within this share of the way from chance to 1 has not learnt yet
+
+
+def premature_split(confidence, fit, num_classes, patience=PATIENCE):
+    """At a split, by the curves alone (never the ground truth): a sentence saying why the split looks premature (the
+    networks had not learnt yet), or None. Either of
+    - learning was clearly still rising: over the last `patience` epochs the confidence rose twice the margin the
+      plateau rule waits for, or the training fit five times its share (the reference rule's early splits; a plateau
+      split cannot be one, since it waited for less);
+    - nothing was learnt: the training fit, the mean agreement on the given labels, is still within LEARNT_SHARE of
+      the way from chance (1 / num_classes, what two untrained networks agree on) to 1. Flat curves pass for a
+      plateau, so this is the warning a plateau split can carry (a learning rate too small, or far too large).
+    The histories end with the epoch the split was made at."""
     patience = min(patience, len(confidence) - 1)  # a split after fewer epochs: are the curves above their first epoch?
-    rising = []
+    reasons = []
     rise, noise = recent_rise(confidence, patience)
     if rise > 2 * MARGIN * noise:
-        rising.append(f"the student confidence rose {rise:+.4f}" + (f" ({rise / noise:.1f} noise levels)" if noise else ""))
+        reasons.append(f"the student confidence rose {rise:+.4f}" + (f" ({rise / noise:.1f} noise levels)" if noise else ""))
     learnt, so_far = fit_rise(fit, patience)
     if learnt > 5 * FIT_SHARE * so_far:
-        rising.append(f"the training fit rose {learnt:+.4f} ({learnt / so_far:.0%} of its rise so far)")
-    if not rising:
-        return None
-    return (f"learning was still rising when the split was made (epoch {len(confidence) - 1}): over the last {patience} "
-            f"epochs {' and '.join(rising)}")
+        reasons.append(f"the training fit rose {learnt:+.4f} ({learnt / so_far:.0%} of its rise so far)")
+    epoch = len(confidence) - 1
+    if reasons:
+        return (f"learning was still rising when the split was made (epoch {epoch}): over the last {patience} "
+                f"epochs {' and '.join(reasons)}")
+    chance = 1.0 / num_classes
+    if fit[-1] < chance + LEARNT_SHARE * (1.0 - chance):
+        return (f"nothing was learnt yet when the split was made (epoch {epoch}): the training fit is {fit[-1]:.4f}, "
+                f"within {LEARNT_SHARE:.0%} of the way from chance ({chance:.4f}, {num_classes} classes) to 1; check "
+                f"the learning rate and the data")
+    return None
