@@ -6,15 +6,15 @@ reference prints them; then the same for the flagged column of label_issues.csv 
 shows), side by side with G4's; then the ranking by the detection scores without a threshold (AUROC, average
 precision, precision at k) and how often the suggested label is the true one. The same numbers go to detection.json
 in the run directory. It also writes review.html, a page to review the flagged and uncertain images and download
-the label fixes to train with (--label_fixes), and label_fixes_suggested.csv, the fixes of the one policy without a
-reviewer that has not cost accuracy in tools/fix_policy_study.py (data/fixes.py SUGGESTED_POLICY, docs/review.md)."""
+the label fixes to train with (--label_fixes). It suggests no fixes without a review: every policy that acts on the
+findings alone cost accuracy on some label set of tools/fix_policy_study.py (docs/review.md), so an earlier version's
+label_fixes_suggested.csv is removed."""
 import json
 import os
 
 import numpy as np
 
-from data.fixes import (FIX_POLICIES, SUGGESTED_POLICY, as_row, file_sha256, run_policy_fixes, upper_mean,
-                        write_label_fixes)
+from data.fixes import as_row, file_sha256
 from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.flagging import FLAGGED_CUT
@@ -96,7 +96,7 @@ def main(args):
     if table is None:
         print("no review.html: it needs label_issues.csv; train the run again")
         return
-    print(suggested_fixes_line(os.path.join(out_dir, "label_fixes_suggested.csv"), data, table))
+    print(no_suggested_fixes_line(os.path.join(out_dir, "label_fixes_suggested.csv")))
     path = os.path.join(out_dir, "review.html")
     cards = review_cards(table, data, args.review_max_images)
     size = write_review_page(path, run=review_header(args, out_dir, data, table, report, len(cards)),
@@ -111,19 +111,15 @@ def g4_f1(table, kept, truly_noisy):
     return precision_recall_f1((in_dataset_order(table, "group") == "4")[kept], truly_noisy[kept])[2]
 
 
-def suggested_fixes_line(path, data, table):
-    """Write the fixes of SUGGESTED_POLICY to `path`, or remove an earlier file there when there is no such policy (so
-    nobody trains on fixes that are no longer suggested); the line that says which."""
-    if SUGGESTED_POLICY is None:
-        stale = os.path.isfile(path)
-        if stale:
-            os.remove(path)  # an earlier version relabelled every flagged image: it made the model worse
-        return (f"no label fixes without a review{f' ({path} of an earlier version removed)' if stale else ''}: "
-                f"none is known to help (docs/review.md); review review.html and train with the fixes it downloads")
-    rows = run_policy_fixes(data, SUGGESTED_POLICY, table)
-    write_label_fixes(path, rows)
-    return (f"written: {path} ({len(rows)} rows: {FIX_POLICIES[SUGGESTED_POLICY]}; train on it with --label_fixes "
-            f"{path}, or review review.html first: a review gains more, docs/review.md)")
+def no_suggested_fixes_line(path):
+    """The line saying that no fixes are suggested without a review; an earlier version's file of suggested fixes at
+    `path` is removed first (its policies cost accuracy, so nobody should train on it)."""
+    stale = os.path.isfile(path)
+    if stale:
+        os.remove(path)
+    return (f"no label fixes without a review{f' ({path} of an earlier version removed)' if stale else ''}: every "
+            f"policy that acts on the findings alone cost accuracy on some label set (docs/review.md); review "
+            f"review.html and train with the fixes it downloads")
 
 
 def _number(x, decimals=4):
@@ -182,8 +178,7 @@ def review_header(args, out_dir, data, table, report, shown):
                 uncertain=int(uncertain_rows(table).sum()), shown=shown, cap=args.review_max_images,
                 detection=dict(flagged_scores, auroc=report.get("auroc"),
                                average_precision=report.get("average_precision")) if "f1" in report else None,
-                label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)),
-                sure_cut=upper_mean(table["group"], table["agreement_given"]))
+                label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)))
 
 
 def class_names(data):

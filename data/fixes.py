@@ -1,5 +1,6 @@
-"""Label fixes: decisions about single images in a CSV file, made on the review page (label_fixes.csv) or by a fix
-policy (FIX_POLICIES, tools/fix_policy_study.py), applied to a data set with --label_fixes FILE.
+"""Label fixes: decisions about single images in a CSV file, made on the review page (label_fixes.csv) or by the
+candidate policies of tools/fix_policy_study.py, applied to a data set with --label_fixes FILE. No policy without a
+reviewer ships: none held on every label set of that study (docs/review.md).
 
 Columns `index,file,given_label,action,new_label`, one row per image at most: `index` is the image's position in the
 data set, `file` its file as label_issues.csv writes it (empty where the data set has no files; left empty, it is not
@@ -16,7 +17,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from utils import InputError, atomic_write, printable_path
-from utils.label_issues import in_dataset_order
 
 COLUMNS = ("index", "file", "given_label", "action", "new_label")
 ACTIONS = ("keep", "relabel", "drop")
@@ -165,62 +165,6 @@ def fix_row(data, index, new_label):
 def drop_row(data, index):
     """The row taking image `index` out of training and validation."""
     return int(index), file_of(data, index), int(data.labels_on_disk[index]), "drop", ""
-
-
-# What to do with BKD's findings without a reviewer: each policy turns a run's detection into fixes. A suggestion is
-# "sure" when the agreement on the suggested class is at least the detection split's upper mean: teacher and student
-# agree on it as much as on a typical label the split found right.
-FIX_POLICIES = {
-    "relabel": "every flagged image relabelled to its suggested class",
-    "drop": "every flagged image dropped",
-    "relabel_sure": "flagged images relabelled where the suggestion is sure, the other flagged images dropped",
-    "relabel_sure_keep": "flagged images relabelled where the suggestion is sure, the other flagged images kept",
-    "relabel_sure_keep_uncertain": "flagged and uncertain images relabelled where the suggestion is sure, the others "
-                                   "kept",
-}
-# The policy whose fixes detection.py writes as label_fixes_suggested.csv: one whose retraining is not worse than the
-# labels as they are on any label set of tools/fix_policy_study.py (None: no file). With the plateau tipping rule and
-# the flagged column, relabel_sure qualified over 5 seeds of synthetic aggre, worst and rand1 (+0.16, +1.42, +0.32
-# points; docs/review.md, "What to train with"); under the reference's rule none had.
-SUGGESTED_POLICY = "relabel_sure"
-
-
-def upper_mean(groups, agreement_given):
-    """The detection split's upper mean, from the table itself: the mean agreement on the given label of the images
-    the split put above its threshold (groups 1 and 2); nan without a split."""
-    upper = np.isin(np.asarray(groups).astype(str), ("1", "2"))
-    return float(np.mean(np.asarray(agreement_given)[upper])) if upper.any() else float("nan")
-
-
-def policy_fixes(data, policy, flagged, groups, suggested, agreement_given, agreement_suggested):
-    """The rows of the fixes `policy` (FIX_POLICIES) makes of a run's detection: arrays in dataset order of whether
-    each image is flagged (label_issues.csv's flagged column), its group under the detection split ('1'..'4', '' or
-    'dropped', as label_issues.csv writes it; uncertain = groups 3 and 4, not flagged), the suggested label, the
-    agreement on the given and on the suggested label. On a run trained with fixes, on top of those fixes (their other
-    rows are kept), so that the file again applies to the data set on disk."""
-    if policy not in FIX_POLICIES:
-        raise ValueError(f"unknown fix policy {policy!r}; choose from {', '.join(FIX_POLICIES)}")
-    groups, suggested = np.asarray(groups).astype(str), np.asarray(suggested)
-    flagged = np.asarray(flagged, dtype=bool)
-    uncertain = np.isin(groups, ("3", "4")) & ~flagged
-    sure = np.asarray(agreement_suggested) >= upper_mean(groups, agreement_given)
-    relabel = {"relabel": flagged, "relabel_sure": flagged & sure, "relabel_sure_keep": flagged & sure,
-               "relabel_sure_keep_uncertain": (flagged | uncertain) & sure}.get(policy, np.zeros_like(flagged))
-    drop = {"drop": flagged, "relabel_sure": flagged & ~sure}.get(policy, np.zeros_like(flagged))
-    rows = {} if data.label_fixes is None else {fix.index: as_row(fix) for fix in data.label_fixes.rows}
-    for i in np.flatnonzero(relabel & (suggested != data.noisy_labels)):
-        rows[int(i)] = fix_row(data, i, suggested[i])
-    for i in np.flatnonzero(drop):
-        rows[int(i)] = drop_row(data, i)
-    return [rows[i] for i in sorted(rows)]
-
-
-def run_policy_fixes(data, policy, table):
-    """policy_fixes of a run's label_issues.csv table (as read_label_issues returns it)."""
-    def column(name):
-        return in_dataset_order(table, name)
-    return policy_fixes(data, policy, column("flagged"), column("group"), column("suggested_label"),
-                        column("agreement_given"), column("agreement_suggested"))
 
 
 def write_label_fixes(path, rows):

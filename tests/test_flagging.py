@@ -1,11 +1,19 @@
-"""The cuts of utils/flagging.py on hand-computed examples: the shipped flagged cut (suggested label != given, on the
-agreement averaged over the last passes), confident learning's confident class, joint and pruning by noise rate
-(worked out by hand below), and, where the study's cleanlab is installed, the pruning against cleanlab's own."""
+"""The flagged cut of utils/flagging.py and the study's cuts of tools/flag_cuts.py on hand-computed examples: the
+shipped cut (suggested label != given, on the agreement averaged over the last passes, the teacher refusing the
+label in every one of them), confident learning's confident class, joint and pruning by noise rate (worked out by hand below), and, where
+the study's cleanlab is installed, the pruning against cleanlab's own."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
-from utils.flagging import (CUTS, FLAGGED_CUT, confident_class, confident_joint, confident_learning, disagree,
-                            flag_labels, g4, lowest, prune_by_noise_rate, rounded_rows)
+from tests.conftest import ROOT
+from utils.flagging import FLAGGED_CUT, TEACHER_SPARES, flag_labels
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from flag_cuts import (CUTS, confident_class, confident_joint, confident_learning, g4, lowest,  # noqa: E402
+                       prune_by_noise_rate, rounded_rows)
 
 LABELS = np.array([0, 0, 1, 1])
 PROBS = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
@@ -32,7 +40,7 @@ def test_the_flagged_cut_is_the_suggestion_of_the_averaged_passes_where_the_teac
     assert FLAGGED_CUT.startswith("suggested label != given") and set(CUTS) >= {"g4", "suggested != given"}
 
 
-def test_the_teacher_may_accept_the_label_in_one_of_the_last_passes_and_no_more():
+def test_the_teacher_must_refuse_the_label_in_every_one_of_the_last_passes():
     labels = np.array([0, 0, 0, 1])
     probs = np.array([[0.1, 0.9]] * 3 + [[0.9, 0.1]])  # every suggestion differs from its label
     teacher = np.array([[1, 1, 0, 0],  # 5 passes of the teacher's predicted classes
@@ -41,8 +49,10 @@ def test_the_teacher_may_accept_the_label_in_one_of_the_last_passes_and_no_more(
                         [1, 0, 0, 0],
                         [1, 1, 0, 0]])
     # refusals: sample 0 in all 5, sample 1 in 4 (all but one), sample 2 in 1, sample 3 (label 1) in 4
-    assert flag_labels(probs, labels, teacher).tolist() == [True, True, False, True]
-    assert flag_labels(probs, labels, teacher[:1]).tolist() == [True, True, True, True]  # one pass: all but one = 0
+    assert TEACHER_SPARES == 0
+    assert flag_labels(probs, labels, teacher).tolist() == [True, False, False, False]
+    assert flag_labels(probs, labels, teacher, spares=1).tolist() == [True, True, False, True]  # the previous cut
+    assert flag_labels(probs, labels, teacher[2:3]).tolist() == [True, True, True, False]  # one pass: that one
     assert not flag_labels(np.array([[0.9, 0.1]] * 3 + [[0.1, 0.9]]), labels, teacher).any()  # suggestions agree
 
 

@@ -1,5 +1,5 @@
-"""Label fixes (data/fixes.py, --label_fixes): reading and checking a fixes file, applying it, the rows detection.py
-suggests, file names that are not UTF-8, and a run trained with fixes end to end (its own run directory, dropped
+"""Label fixes (data/fixes.py, --label_fixes): reading and checking a fixes file, applying it, the rows the fix-policy
+study's candidates make (on top of a run's own fixes), file names that are not UTF-8, and a run trained with fixes end to end (its own run directory, dropped
 images out of training and detection, what every script reports on it, the seed summary, run.sh)."""
 import csv
 import hashlib
@@ -7,19 +7,22 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from data import Dataset, load_dataset
-from data.fixes import (COLUMNS, apply_label_fixes, policy_fixes, read_label_fixes, run_dir_suffix, run_policy_fixes,
-                        write_label_fixes)
+from data.fixes import COLUMNS, apply_label_fixes, read_label_fixes, run_dir_suffix, write_label_fixes
 from tests.conftest import ROOT, run
 from tests.test_own_data import write_folder
 from utils import InputError, printable_path
 from utils.cli import check_args, get_args_parser, run_dir
-from utils.label_issues import read_label_issues, write_label_issues
+from utils.label_issues import in_dataset_order, read_label_issues, write_label_issues
 from utils.summary import collect
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from fix_policy_study import relabel_and_drop  # noqa: E402
 
 CLASSES = ("cat", "dog", "frog")
 
@@ -96,9 +99,9 @@ def test_data_without_files_takes_rows_without_files(tmp_path):
 
 
 def relabel_flagged(data, flagged, suggested):
-    """The fixes of the policy "relabel": every flagged image to its suggestion."""
-    groups = np.where(flagged, "4", "1")
-    return policy_fixes(data, "relabel", flagged, groups, suggested, np.ones(len(groups)), np.zeros(len(groups)))
+    """Fixes that relabel every flagged image to its suggestion (tools/fix_policy_study.py makes its candidates'
+    fixes this way)."""
+    return relabel_and_drop(data, np.asarray(suggested), np.asarray(flagged), np.zeros(len(flagged), bool))
 
 
 def test_relabel_fixes_alone_and_on_top_of_the_fixes_a_run_was_trained_with(tmp_path):
@@ -152,15 +155,16 @@ def test_run_directory_of_a_run_with_fixes(tmp_path):
     assert missing.returncode == 2 and "is not a readable file" in missing.stderr
 
 
-def test_policy_fixes_of_a_real_run_apply(synthetic_run, tmp_path):
-    """The fixes of the policy "relabel" from a run's label_issues.csv: every flagged image whose suggestion differs
-    from its label, relabelled to it, given_label = its label; written and applied, they leave fewer wrong labels."""
+def test_fixes_of_a_real_run_apply(synthetic_run, tmp_path):
+    """Fixes from a run's label_issues.csv: every flagged image whose suggestion differs from its label, relabelled to
+    it, given_label = its label; written and applied, they leave fewer wrong labels."""
     d = synthetic_run["dir"]
     table = read_label_issues(d / "label_issues.csv", 4000)
     expected = sorted((int(i), "", int(g), "relabel", str(s)) for i, g, s, f in zip(
         table["index"], table["given_label"], table["suggested_label"], table["flagged"]) if f and g != s)
     data = load_dataset("synthetic", "worst", None)
-    write_label_fixes(tmp_path / "relabel.csv", run_policy_fixes(data, "relabel", table))
+    write_label_fixes(tmp_path / "relabel.csv", relabel_flagged(data, in_dataset_order(table, "flagged"),
+                                                                in_dataset_order(table, "suggested_label")))
     with open(tmp_path / "relabel.csv", newline="") as f:
         header, *rows = csv.reader(f)
     assert tuple(header) == COLUMNS and [(int(i), p, int(g), a, n) for i, p, g, a, n in rows] == expected
@@ -228,13 +232,12 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     column = written.pop("flagged_column")  # the flagged column of label_issues.csv, scored on the kept images too
     assert written == m["detection"] and column["images"] == 95 and column == {
         k: m["flagged"][k] for k in ("images", "flagged", "truly_noisy", "precision", "recall", "f1")}
-    assert (d / "review.html").is_file() and (d / "label_fixes_suggested.csv").is_file()  # docs/review.md
+    assert (d / "review.html").is_file() and not (d / "label_fixes_suggested.csv").exists()  # docs/review.md
     on_disk = load_dataset("cifar10", "worst", fake_cifar["dir"], str(tmp_path / "labels.pt"))
-    suggested = apply_label_fixes(on_disk, str(d / "label_fixes_suggested.csv"))  # on top of the run's own fixes
-    assert suggested.dropped.sum() >= 5 and not suggested.kept[[1, 2, 4, 5, 7]].any()
-    assert suggested.noisy_labels[3] == clean[3]  # the run's relabels stay
-    write_label_fixes(tmp_path / "again.csv", run_policy_fixes(apply_label_fixes(on_disk, path), "relabel", table))
-    again = apply_label_fixes(on_disk, str(tmp_path / "again.csv"))  # a policy on top of the fixes, applicable
+    write_label_fixes(tmp_path / "again.csv", relabel_flagged(apply_label_fixes(on_disk, path),
+                                                              in_dataset_order(table, "flagged"),
+                                                              in_dataset_order(table, "suggested_label")))
+    again = apply_label_fixes(on_disk, str(tmp_path / "again.csv"))  # fixes on top of the fixes, applicable
     assert again.dropped.sum() == 5 and np.sum(again.noisy_labels != noisy) >= 10
     learning = run("learning.py", *flags)
     assert learning.returncode == 0 and f"evaluated the final networks of {d}" in learning.stdout, learning.stderr

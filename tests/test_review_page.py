@@ -543,64 +543,34 @@ def test_undo_picker_focus_filters_and_stored_decisions_of_other_pages(browser, 
 
 
 @needs_browser
-def test_sure_suggestions_shown_sorted_filtered_and_accepted_a_page_at_a_time(browser, synthetic_page):
-    """Each card says how sure its suggestion is (the agreement on the suggested class against the split's upper
-    mean); the cards filter and sort by it within their sections; "s" (or the button) takes the suggestion of the
-    undecided sure cards of the current page only, and one undo takes the whole batch back."""
-    b, table, by_index = browser.open(synthetic_page["path"], clear=True), synthetic_page["table"], synthetic_page["by_index"]
+def test_cards_show_and_sort_by_the_agreement_on_the_suggestion_but_take_no_suggestion_in_bulk(browser, synthetic_page):
+    """Each card shows the agreement on its suggestion and the cards sort by it within their sections; nothing marks a
+    suggestion "sure" or takes suggestions in bulk (every such cut cost accuracy somewhere: docs/review.md), and the
+    header says to look before taking a suggestion. "s" does nothing."""
+    b, by_index = browser.open(synthetic_page["path"], clear=True), synthetic_page["by_index"]
     cards = synthetic_page["data"]["cards"]
-    upper = [table["agreement_given"][r] for r in range(len(table["index"])) if table["group"][r] in ("1", "2")]
-    cut = b.js("return window.bkdReview.cut")
-    assert cut == pytest.approx(sum(upper) / len(upper)) and synthetic_page["data"]["run"]["sure_cut"] == cut
-    sure = {c["index"] for c in cards if c["suggested_score"] >= cut}
-    assert 0 < len(sure) < len(cards)
-    assert f"at least {cut:.3f}" in b.js("return document.querySelector('header').textContent")
+    assert "sure_cut" not in synthetic_page["data"]["run"]
+    assert "look at each image before you take its suggestion" in b.js("return document.querySelector('header').textContent")
+    assert not b.css("#accept-sure, #f-sure, .sure-mark, .unsure-mark")
     shown = b.js("""return Array.from(document.querySelectorAll('#grid .card')).map(function (c) {
-        return [Number(c.dataset.index), c.querySelector('.sure-mark, .unsure-mark').textContent,
-                c.querySelector('.sure-score').textContent]; })""")
-    for index, mark, score in shown:
-        assert mark == ("\u2713 sure" if index in sure else "not sure"), index
+        return [Number(c.dataset.index), c.querySelector('.suggested-score').textContent]; })""")
+    for index, score in shown:
         assert abs(float(score) - by_index[index]["suggested_score"]) <= 0.0005
     view = lambda: b.js("return window.bkdReview.view()")  # noqa: E731
-    decisions = lambda: dict(b.js("return window.bkdReview.decisions()"))  # noqa: E731
     in_order = [c["index"] for c in cards]
-    b.select("#f-sure", "sure")
-    assert view() == [i for i in in_order if i in sure]
-    b.select("#f-sure", "unsure")
-    assert view() == [i for i in in_order if i not in sure]
-    b.select("#f-sure", "all")
-    for order, sign in (("sure-desc", -1), ("sure-asc", 1)):  # within each section, ties in the table's order
+    for order, sign in (("agree-desc", -1), ("agree-asc", 1)):  # within each section, ties in the table's order
         b.select("#order", order)
         expected = sorted(range(len(cards)), key=lambda k: (-cards[k]["group"], sign * cards[k]["suggested_score"], k))
         assert view() == [cards[k]["index"] for k in expected]
         assert b.js("return document.querySelector('#grid .section small').textContent").endswith(
-            "surest suggestion first" if order == "sure-desc" else "least sure suggestion first")
+            "highest agreement on the suggestion first" if order == "agree-desc"
+            else "lowest agreement on the suggestion first")
     b.select("#order", "suspicious")
     assert view() == in_order
-    # a decision first, then "s" with the focus left on a select: the page's action, not the select's
-    first_page = in_order[:60]
-    b.keys("d")
-    b.js("document.getElementById('order').focus()")
-    b.keys("s")
-    accepted = [i for i in first_page[1:] if i in sure]
-    assert decisions() == {first_page[0]: -1, **{i: by_index[i]["suggested"] for i in accepted}}
-    assert b.js("return document.getElementById('order').value") == "suspicious"
-    assert f"{len(accepted)} sure suggestions accepted on this page" in b.js("return document.getElementById('msg').textContent")
-    b.keys("u")  # the focus is on a card of the batch: the whole batch goes, the earlier decision stays
-    assert decisions() == {first_page[0]: -1}
-    b.keys("s", b.key("PAGE_DOWN"))
-    b.css("#accept-sure")[0].click()  # the button, on the second page
-    second = [i for i in in_order[60:120] if i in sure]
-    assert decisions() == {first_page[0]: -1, **{i: by_index[i]["suggested"] for i in accepted + second}}
-    b.driver.refresh()  # kept like any decision, and downloaded
-    b.wait("return !!window.bkdReview")
-    assert len(decisions()) == 1 + len(accepted) + len(second)
-    assert b.download() == expected_fixes({first_page[0]: "drop", **{i: by_index[i]["suggested"]
-                                                                     for i in accepted + second}}, by_index)
-    b.select("#f-sure", "unsure")  # nothing sure and undecided left to take on this view's page
-    b.keys("s")
-    assert b.js("return document.getElementById('msg').textContent") == (
-        "no undecided card with a sure suggestion on this page")
+    b.keys("s")  # no bulk action behind the key
+    assert b.js("return window.bkdReview.decisions()") == []
+    b.keys("a", "a", "u")  # one decision at a time, one undo at a time
+    assert dict(b.js("return window.bkdReview.decisions()")) == {in_order[0]: by_index[in_order[0]]["suggested"]}
     assert b.severe() == []
 
 
@@ -636,11 +606,6 @@ def test_decisions_on_a_run_trained_with_fixes_map_the_labels_on_disk(browser, t
     b = browser.open(path, clear=True)
     header = b.js("return document.querySelector('header').textContent")
     assert "trained with the label fixes results/x/label_fixes.csv (sha256 abababab): 3 relabelled, 1 dropped" in header
-    # a page without a cut for sure suggestions (an older detection.py): no sure marks, the bulk action disabled
-    assert b.js("return window.bkdReview.cut") is None and not b.css(".sure-mark")
-    assert b.js("return document.getElementById('accept-sure').disabled && document.getElementById('f-sure').disabled")
-    b.keys("s")
-    assert "knows no cut for sure suggestions" in b.js("return document.getElementById('msg').textContent")
     shown = b.js("return Array.from(document.querySelectorAll('#grid .card')).map(c => "
                  "[c.querySelector('.given').textContent, (c.querySelector('.original') || {}).textContent])")
     assert shown == [["cow", "bee"], ["ant", None], ["bee", "cow"], ["dog", None]]

@@ -24,11 +24,10 @@ def assert_clean_error(result, *fragments):
 
 
 def test_training_writes_every_output(synthetic_run):
-    d = synthetic_run["dir"]  # detection.json, label_fixes_suggested.csv and review.html are written by detection.py
+    d = synthetic_run["dir"]  # detection.json and review.html are written by detection.py
     assert sorted(os.listdir(d)) == ["best_student.pth.tar", "best_teacher.pth.tar", "detection.json",
-                                     "detection.npy", "detection_scores.npy", "label_fixes_suggested.csv",
-                                     "label_issues.csv", "metrics.json", "review.html", "student.pth.tar",
-                                     "teacher.pth.tar"]
+                                     "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json",
+                                     "review.html", "student.pth.tar", "teacher.pth.tar"]
     flagged = np.load(d / "detection.npy", allow_pickle=False)
     assert flagged.dtype == np.bool_ and flagged.shape == (N_SYNTHETIC,)
     scores = np.load(d / "detection_scores.npy", allow_pickle=False)
@@ -42,6 +41,12 @@ def test_training_writes_every_output(synthetic_run):
     assert m["tipping_evidence"].startswith("learning stopped rising") and len(m["train_fit"]) == SYNTHETIC_EPOCHS
     assert f"tipping rule plateau: {m['tipping_evidence']}" in synthetic_run["train"].stdout
     assert not any("premature" in w for w in m["warnings"])
+    # which passes label_issues.csv's columns come from: the tipping epoch's, and the last 5 before the split
+    newest = m["tipping_found_epoch"] - (m["tipping_epoch"] != m["tipping_found_epoch"])
+    assert m["label_issues_passes"] == dict(tipping=m["tipping_epoch"], last=list(range(newest - 4, newest + 1)))
+    assert (f"label_issues.csv: agreement_given and group from the pass of epoch {m['tipping_epoch']} (the tipping "
+            f"epoch); suggested_label, agreement_suggested and flagged from the passes of epochs "
+            f"{', '.join(map(str, range(newest - 4, newest + 1)))}, averaged") in synthetic_run["train"].stdout
     assert set(m["train_split"]) == {"upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold"}
     assert sum(m["group_sizes"].values()) == N_SYNTHETIC * 0.9
     assert m["detection"]["flagged"] == flagged.sum()
@@ -254,3 +259,18 @@ def test_detection_npy_flagged_holds_the_flagged_column(fake_run):
     teacher = np.stack([p["teacher_logits"].argmax(axis=1) for p in passes])
     assert np.array_equal(in_dataset_order(table, "flagged"), flag_labels(recent, labels, teacher))
     assert np.array_equal(in_dataset_order(table, "suggested_label"), recent.argmax(axis=1))
+
+
+def test_a_run_that_learns_nothing_warns_that_its_split_is_premature(fake_run):
+    """A learning rate far too small: the curves stay flat at chance, the default rule takes them for a plateau and
+    splits within a few epochs, and the log warns at the split and again at the end, as metrics.json keeps it (the
+    synthetic run, which learns, splits without it: test_training_writes_every_output)."""
+    results = fake_run["tmp"] / "tiny_lr"
+    out = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--tipping_rule", "plateau", "--lr", 1e-7,
+              "--n_epoch", 12, "--results_dir", results)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    m = json.loads((results / "cifar10_worst_seed_0" / "metrics.json").read_text())
+    assert m["tipping_epoch"] is not None, "the run must split for this test to mean anything"
+    premature = [w for w in m["warnings"] if "looks premature" in w]
+    assert len(premature) == 1 and "nothing was learnt yet" in premature[0], m["warnings"]
+    assert out.stdout.count(f"WARNING: {premature[0]}") == 2  # at the split and in the final summary

@@ -1,6 +1,6 @@
-"""The fix policies (data/fixes.py) on hand-made detections, and the two studies (tools/fix_policy_study.py,
-tools/precision_study.py) end to end on 100 fake CIFAR images: their tables, their reuse of finished runs, and the
-bf16 variants of tools/precision_variant.py."""
+"""The candidate fix policies of tools/fix_policy_study.py on hand-made detections and passes, and the two studies
+(tools/fix_policy_study.py, tools/precision_study.py) end to end on 100 fake CIFAR images: their tables, their reuse
+of finished runs, and the bf16 variants of tools/precision_variant.py."""
 import json
 import math
 import os
@@ -12,100 +12,93 @@ import torch
 
 from data import Dataset
 import detection
-from data.fixes import (FIX_POLICIES, SUGGESTED_POLICY, apply_label_fixes, file_sha256, policy_fixes, run_policy_fixes,
-                        upper_mean, write_label_fixes)
+from data.fixes import apply_label_fixes, write_label_fixes
 from tests.conftest import ROOT, run, write_pickle
+from utils.label_issues import write_label_issues
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+import fix_policy_study  # noqa: E402
 import precision_variant  # noqa: E402
 from study import mean_ci, paired  # noqa: E402
 
 
 def six_images():
-    """Six images, labels 0..5 of 6 classes; the detection of a run on them, in dataset order."""
+    """Six images, labels 0..5 of 6 classes; the evidence of a run on them (as fix_policy_study.evidence gives it)."""
     labels = np.arange(6)
     data = Dataset("test", 6, np.zeros((6, 8, 8, 3), np.uint8), labels.copy(), None, None, None,
                    mean_std=((0, 0, 0), (1, 1, 1)))
-    groups = np.array(["4", "4", "4", "3", "2", "1"])
-    suggested = np.array([1, 2, 2, 0, 4, 5])  # image 2: the suggestion is its own label
-    given = np.array([0.01, 0.02, 0.03, 0.3, 0.8, 1.0])  # upper mean = (0.8 + 1.0) / 2 = 0.9
-    sure = np.array([0.95, 0.5, 0.03, 0.92, 0.8, 1.0])
-    return data, groups, suggested, given, sure
-
-
-def test_upper_mean_is_the_mean_agreement_above_the_threshold():
-    _, groups, _, given, _ = six_images()
-    assert upper_mean(groups, given) == pytest.approx(0.9)
-    assert math.isnan(upper_mean(["", ""], [0.1, 0.2]))  # no split, no cut
+    evidence = dict(flagged=np.array([True, True, True, False, False, False]),
+                    suggested=np.array([1, 2, 0, 0, 4, 5]),
+                    sure=np.array([True, False, True, True, False, False]),
+                    stable=np.array([False, True, True, False, False, False]))
+    return data, evidence
 
 
 @pytest.mark.parametrize("policy, expected", [
-    ("relabel", [(0, "", 0, "relabel", 1), (1, "", 1, "relabel", 2)]),
+    ("relabel_sure", [(0, "", 0, "relabel", 1), (1, "", 1, "drop", ""), (2, "", 2, "relabel", 0)]),
     ("drop", [(0, "", 0, "drop", ""), (1, "", 1, "drop", ""), (2, "", 2, "drop", "")]),
-    ("relabel_sure", [(0, "", 0, "relabel", 1), (1, "", 1, "drop", ""), (2, "", 2, "drop", "")]),
-    ("relabel_sure_keep", [(0, "", 0, "relabel", 1)]),
-    ("relabel_sure_keep_uncertain", [(0, "", 0, "relabel", 1), (3, "", 3, "relabel", 0)]),
+    ("relabel_stable", [(1, "", 1, "relabel", 2), (2, "", 2, "relabel", 0)]),
+    ("drop_stable", [(1, "", 1, "drop", ""), (2, "", 2, "drop", "")]),
 ])
-def test_each_policy_by_hand(policy, expected):
-    data, groups, suggested, given, sure = six_images()
-    assert policy_fixes(data, policy, groups == "4", groups, suggested, given, sure) == expected
+def test_each_candidate_policy_by_hand(policy, expected):
+    """Only flagged images are touched; "sure" and "stable" choose among them (image 3 is sure but not flagged)."""
+    data, evidence = six_images()
+    assert fix_policy_study.CANDIDATES[policy][1](data, evidence) == expected
 
 
-def test_policies_follow_the_flagged_column():
-    """Flagged is what label_issues.csv flags (here image 4 of group 2, not image 2 of group 4); uncertain is the
-    rest of groups 3 and 4."""
-    data, groups, suggested, given, sure = six_images()
-    flagged = np.array([True, True, False, False, True, False])
-    assert policy_fixes(data, "drop", flagged, groups, suggested, given, sure) == [
-        (0, "", 0, "drop", ""), (1, "", 1, "drop", ""), (4, "", 4, "drop", "")]
-    assert policy_fixes(data, "relabel_sure_keep_uncertain", flagged, groups, suggested, given, sure) == [
-        (0, "", 0, "relabel", 1), (3, "", 3, "relabel", 0)]
-
-
-def test_policies_apply_on_top_of_a_run_trained_with_fixes(tmp_path):
-    data, groups, suggested, given, sure = six_images()
+def test_candidates_apply_on_top_of_a_run_trained_with_fixes(tmp_path):
+    """On a run trained with fixes, the candidate's rows map the labels on disk, and the run's other rows stay."""
+    data, evidence = six_images()
     write_label_fixes(tmp_path / "first.csv", [(4, "", 4, "relabel", 3), (0, "", 0, "drop", "")])
     fixed = apply_label_fixes(data, str(tmp_path / "first.csv"))
-    groups[0] = "dropped"
-    rows = policy_fixes(fixed, "relabel_sure", groups == "4", groups, suggested, given, sure)
-    assert rows == [(0, "", 0, "drop", ""), (1, "", 1, "drop", ""), (2, "", 2, "drop", ""), (4, "", 4, "relabel", 3)]
-    assert set(FIX_POLICIES) == {"relabel", "drop", "relabel_sure", "relabel_sure_keep", "relabel_sure_keep_uncertain"}
-    with pytest.raises(ValueError, match="unknown fix policy"):
-        policy_fixes(data, "trust", groups == "4", groups, suggested, given, sure)
+    rows = fix_policy_study.CANDIDATES["relabel_sure"][1](fixed, evidence)
+    assert rows == [(0, "", 0, "relabel", 1), (1, "", 1, "drop", ""), (2, "", 2, "relabel", 0), (4, "", 4, "relabel", 3)]
 
 
-def label_issues_table(groups, suggested, given, sure):
-    """A label_issues.csv table as read_label_issues returns it, its rows in another order than the data set's."""
-    order = np.array([3, 0, 5, 1, 4, 2])
-    return {"index": order, "group": [str(g) for g in groups[order]], "suggested_label": suggested[order],
-            "agreement_given": given[order], "agreement_suggested": sure[order], "flagged": (groups == "4")[order]}
+def test_the_evidence_of_a_run_by_hand(tmp_path):
+    """fix_policy_study.evidence reads label_issues.csv and the last passes a run recorded: `sure` compares the
+    averaged agreement on the suggestion with the tipping pass's upper mean (as the page did), `stable` asks every
+    last pass's agreement and teacher to predict the suggestion and its averaged agreement to reach the upper mean of
+    the same passes' split."""
+    run_dir = tmp_path / "run"
+    (run_dir / "passes").mkdir(parents=True)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # agreement = softmax(teacher + student): logits of 10 on one class make it ~1 there. Images 0-2 and 4-6 agree
+    # with their labels in every pass; image 3 (label 0) is 1 in every pass; image 7 (label 1) is 0 in the first
+    # pass only, its teacher flipping too
+    for epoch in range(5):
+        predicted = labels.copy()
+        predicted[3] = 1
+        if epoch == 0:
+            predicted[7] = 0
+        logits = np.eye(2)[predicted] * 10
+        np.savez(run_dir / "passes" / f"epoch_{epoch:04d}.npz", teacher_logits=logits, student_logits=logits,
+                 train_agreement=np.zeros(8), train_idx=np.arange(8))
+    agreement = np.full(8, 0.99)
+    agreement[[3, 7]] = 0.01
+    write_label_issues(run_dir / "label_issues.csv", labels, np.array([0, 0, 0, 1, 1, 1, 1, 1]), agreement,
+                       np.ones(8), np.where(agreement > 0.5, 1, 4), np.arange(8) == 3)
+    data = Dataset("test", 2, np.zeros((8, 8, 8, 3), np.uint8), labels, None, None, None,
+                   mean_std=((0, 0, 0), (1, 1, 1)))
+    metrics = dict(tipping_epoch=2, tipping_found_epoch=5, tipping_rule="plateau")  # passes 0-4 are the last five
+    e = fix_policy_study.evidence(str(run_dir), metrics, data)
+    assert e["flagged"].tolist() == [False, False, False, True, False, False, False, False]
+    assert e["suggested"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert e["sure"].all()  # 1 reaches the upper mean 0.99 of the tipping pass
+    assert e["stable"].tolist() == [True, True, True, True, True, True, True, False]  # image 7 moved in one pass
 
 
-def test_run_policy_fixes_read_the_table_in_dataset_order():
-    data, groups, suggested, given, sure = six_images()
-    table = label_issues_table(groups, suggested, given, sure)
-    for policy in FIX_POLICIES:
-        assert run_policy_fixes(data, policy, table) == policy_fixes(data, policy, groups == "4", groups, suggested,
-                                                                     given, sure)
-
-
-def test_detection_writes_the_suggested_policy_or_removes_an_old_file(tmp_path, monkeypatch):
-    """label_fixes_suggested.csv holds SUGGESTED_POLICY's fixes (relabel_sure, the study's finding: docs/review.md);
-    with no policy, detection.py writes no fixes and removes an earlier file, so nobody trains on it."""
-    data, groups, suggested, given, sure = six_images()
-    table, path = label_issues_table(groups, suggested, given, sure), tmp_path / "label_fixes_suggested.csv"
-    assert SUGGESTED_POLICY == "relabel_sure" == detection.SUGGESTED_POLICY
-    assert detection.suggested_fixes_line(str(path), data, table) == (
-        f"written: {path} (3 rows: {FIX_POLICIES['relabel_sure']}; train on it with --label_fixes {path}, or review "
-        f"review.html first: a review gains more, docs/review.md)")
-    assert apply_label_fixes(data, str(path)).label_fixes.info == dict(
-        path=str(path), sha256=file_sha256(path), rows=3, relabelled=1, dropped=2, kept=0)
-    monkeypatch.setattr(detection, "SUGGESTED_POLICY", None)
-    assert detection.suggested_fixes_line(str(path), data, table) == (
-        f"no label fixes without a review ({path} of an earlier version removed): none is known to help "
-        f"(docs/review.md); review review.html and train with the fixes it downloads")
+def test_detection_suggests_no_fixes_and_removes_an_old_file(tmp_path):
+    """No policy without a reviewer held on every label set of the study: detection.py writes no fixes of its own,
+    and removes an earlier version's label_fixes_suggested.csv so that nobody trains on it."""
+    path = tmp_path / "label_fixes_suggested.csv"
+    path.write_text("index,file,given_label,action,new_label\n")
+    assert detection.no_suggested_fixes_line(str(path)) == (
+        f"no label fixes without a review ({path} of an earlier version removed): every policy that acts on the "
+        f"findings alone cost accuracy on some label set (docs/review.md); review review.html and train with the "
+        f"fixes it downloads")
     assert not path.exists()
-    assert detection.suggested_fixes_line(str(path), data, table).startswith("no label fixes without a review: ")
+    assert detection.no_suggested_fixes_line(str(path)).startswith("no label fixes without a review: every policy")
 
 
 def test_study_statistics_by_hand():
@@ -150,15 +143,34 @@ def test_fix_policy_study_end_to_end_and_again(study_data, tmp_path):
     assert table in first.stdout
     rows = [line for line in table.splitlines() if line.startswith("| worst |")]
     assert [r.split(" | ")[1] for r in rows] == ["as is", "drop", "reviewer"]
-    fixed = json.loads(next((tmp_path / "study").glob("cifar10_worst_seed_0_fixes_*/metrics.json")).read_text())
+    run_dir = tmp_path / "study" / "cifar10" / "cifar10_worst_seed_0"
+    assert len(list((run_dir / "passes").glob("epoch_*.npz"))) >= 4  # the as-is run recorded its last passes
+    fixed = json.loads(next((tmp_path / "study" / "cifar10").glob("cifar10_worst_seed_0_fixes_*/metrics.json")).read_text())
     assert fixed["label_fixes"]["wrong_before"] == pytest.approx(34 / 100)
-    assert "reviewer: mean difference to as is" in table and "(the ceiling, needs the ground truth)" in table
-    assert table.splitlines()[-2].startswith("chosen: ")
-    assert table.splitlines()[-1] == "detection.py writes the fixes of: relabel_sure (SUGGESTED_POLICY in data/fixes.py)"
+    assert not fixed["args"]["record_passes"]  # the retrains record nothing
+    assert "- given, reviewer: " in table and "(the ceiling: it reads the ground truth)" in table
+    # one part (one data set, no confirmation): a qualifying policy would ship on it alone
+    assert table.splitlines()[-2].startswith("chosen (given): ")
+    assert table.splitlines()[-1].startswith("ships: ")
     again = run("tools/fix_policy_study.py", *flags)  # everything finished: nothing is trained again
     assert again.returncode == 0 and "1 of 1 finished already, 0 to train" in again.stdout
     assert "2 of 2 finished already, 0 to train" in again.stdout
     assert (tmp_path / "study" / "study.md").read_text() == table
+
+
+def test_study_label_sets_name_their_files_and_part(tmp_path):
+    """The label sets of the studies: synthetic by noise type, the others a file of tools/make_study_npz.py; their
+    part by their source (Fashion- and Animal-MNIST confirm), and a missing file says how to make it."""
+    from study import CONFIRMED_ON, LabelSet
+    synthetic, pair = LabelSet("synthetic worst", str(tmp_path)), LabelSet("fashion pair 25", str(tmp_path))
+    assert synthetic.flags == ["--dataset", "synthetic", "--noise_type", "worst"] and synthetic.part == "chosen on"
+    assert pair.flags == ["--dataset", "npz", "--data_dir", str(tmp_path / "fashion_pair_25.npz"), "--arch", "small_cnn"]
+    assert pair.part == "confirmed on" and pair.folder == "fashion_pair_25" and pair.run_name == "npz_given"
+    assert "python tools/make_study_npz.py --out" in pair.missing_file() and synthetic.missing_file() is None
+    assert all(LabelSet(name).part == "confirmed on" for name in CONFIRMED_ON)
+    assert LabelSet("digits pair 25").part == "chosen on"
+    with pytest.raises(ValueError, match="unknown label set"):
+        LabelSet("fashion")
 
 
 def test_precision_study_end_to_end(study_data, tmp_path):
@@ -178,3 +190,54 @@ def test_precision_study_end_to_end(study_data, tmp_path):
     metrics = json.loads((tmp_path / "study" / "cpu" / "fp32_eval" / "cifar10_worst_seed_2" / "metrics.json").read_text())
     assert metrics["precision"] == "bf16" and metrics["args"]["variant"] == "fp32_eval"
     assert "worst, bf16: accuracy" in table and "worst, fp32_eval: accuracy" in table
+
+
+def test_study_noise_models_flip_exactly_their_share(tmp_path):
+    """tools/make_study_npz.py's noise models on hand-made out-of-fold probabilities: each makes exactly
+    round(rate * N) labels wrong; pair flips send the same share of every class to its one look-alike class; the same
+    seed gives the same labels."""
+    import make_study_npz
+    rng = np.random.RandomState(0)
+    labels = np.repeat(np.arange(4), 25)
+    look_alike = np.array([1, 0, 3, 2])  # the class each class is confused with most
+    probs = np.full((100, 4), 0.05)
+    probs[np.arange(100), labels] = 0.6
+    probs[np.arange(100), look_alike[labels]] = 0.3 + rng.uniform(0, 0.05, 100)
+    some = np.arange(0, 100, 5)
+    probs[some, look_alike[labels[some]]] = 0.7  # a fifth predicted as their look-alike: the classifier's confusion
+    assert make_study_npz.look_alike_classes(probs, labels).tolist() == [1, 0, 3, 2]
+    for model in make_study_npz.NOISE_MODELS:
+        noisy = make_study_npz.noisy_labels(model, 0.25, labels, probs, seed=0)
+        wrong = noisy != labels
+        assert wrong.sum() == 25 and np.array_equal(noisy, make_study_npz.noisy_labels(model, 0.25, labels, probs, 0))
+        if model == "pair":
+            assert sorted(np.bincount(labels[wrong], minlength=4).tolist()) == [6, 6, 6, 7]  # 6.25 each, rounded
+            assert np.array_equal(noisy[wrong], look_alike[labels[wrong]])
+        if model == "lookalike":  # each image to its own most likely other class: here always the look-alike
+            assert np.array_equal(noisy[wrong], look_alike[labels[wrong]])
+        if model == "uniform":
+            assert len(set(noisy[wrong] - labels[wrong])) > 1
+
+
+def test_study_sources_read_their_files_and_nothing_else(tmp_path):
+    """Fashion-MNIST's IDX files and Animal-MNIST's pickled arrays, written here in their formats: read as arrays;
+    a pickle that would call a function is refused."""
+    import gzip
+    import pickle
+    import make_study_npz
+    images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    header = bytes([0, 0, 8, 3]) + np.array([2, 3, 3], ">u4").tobytes()
+    with gzip.open(tmp_path / "images.gz", "wb") as f:
+        f.write(header + images.tobytes())
+    assert np.array_equal(make_study_npz.read_idx(tmp_path / "images.gz"), images)
+    with gzip.open(tmp_path / "arrays.gz", "wb") as f:
+        pickle.dump(images.reshape(2, 9), f)
+    assert np.array_equal(make_study_npz.read_pickled_array(tmp_path / "arrays.gz"), images.reshape(2, 9))
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    with gzip.open(tmp_path / "evil.gz", "wb") as f:
+        pickle.dump(RunsCode(), f)
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        make_study_npz.read_pickled_array(tmp_path / "evil.gz")

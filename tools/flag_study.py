@@ -1,19 +1,22 @@
 """Which labels to flag: cuts of BKD's own outputs against confident learning on K-fold out-of-fold probabilities.
 
     pip install -r requirements-study.txt        # cleanlab, scikit-learn: this study's only, never the scripts'
-    python tools/make_digits_npz.py --out ~/data/digits
-    python tools/flag_study.py                    # the recording runs, the K-fold peer's trainings, then the table
+    python tools/make_study_npz.py --out ~/data/study
+    python tools/flag_study.py                    # chosen on: the recording runs, the K-fold peer, then study.md
+    python tools/flag_study.py --confirm          # confirmed on: real runs on sources the choice never saw
 
-Per label set and seed: the pass of the tipping epoch that --tipping_rule finds (replayed on the recording run of
-tools/tipping_study.py: up to the split, a run of any rule is that run) gives BKD's per-class agreement, student and
-teacher probabilities, and the teacher's predictions of the last passes. Each cut of them (utils.flagging.CUTS: the
+Per label set and seed: the pass of the tipping epoch gives BKD's per-class agreement, student and teacher
+probabilities, and the teacher's predictions of the last passes. Each cut of them (tools/flag_cuts.py CUTS: the
 reference's G4, G3 + G4, suggested label != given, confident learning on the agreement, ...; the teacher's refusals
 of the label; the shipped utils.flagging.flag_labels) flags a set of labels, scored against the ground truth (which
 scores and never decides). The peer: the same network trained K times with cross-entropy on the other folds (K-fold
 cross-validation, as cleanlab's documentation recommends), its out-of-fold probabilities given to cleanlab's
 find_label_issues (its defaults), and, for a like-for-like reading, cleanlab on BKD's probabilities too.
-The recording runs of the noisy label sets (tools/tipping_study.py record, which also records clean labels) are
-trained first where missing. Trainings are reused when finished. The table goes to --results_dir/study.md.
+Chosen on: the recording runs of tools/tipping_study.py (synthetic, digits with look-alike flips; trained first where
+missing), --tipping_rule replayed on each. Confirmed on (--confirm): the real runs of the default rule that
+tools/tipping_study.py confirm trains on --label_sets (Fashion-MNIST and Animal-MNIST, uniform and pair flips; trained
+here where missing), cut at the split they made. Trainings are reused when finished. The table goes to
+--results_dir/study.md (confirm.md with --confirm).
 """
 import argparse
 import json
@@ -25,10 +28,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tipping_study  # noqa: E402
-from study import ROOT, Run, device_line, markdown_table, mean_ci, paired, pm, run_all, signed, stop_if_failed  # noqa: E402
+from study import (CONFIRMED_ON, ROOT, STUDY_DATA, LabelSet, Run, device_line, markdown_table, mean_ci, paired,  # noqa: E402
+                   pm, run_all, signed, stop_if_failed)
 
 sys.path.insert(0, ROOT)
-from utils.flagging import CUTS, FLAGGED_CUT, TEACHER_SPARES, flag_labels, probabilities  # noqa: E402
+from flag_cuts import CUTS  # noqa: E402
+from utils.flagging import FLAGGED_CUT, TEACHER_SPARES, flag_labels, probabilities  # noqa: E402
 from utils.metrics import auroc, average_precision  # noqa: E402
 from utils.bkd import precision_recall_f1  # noqa: E402
 from utils.tipping import DEFAULT_RULE, TIPPING_RULES, find_tipping, history_slots  # noqa: E402
@@ -53,8 +58,9 @@ def train_fold(args):
     from data.pipeline import DeviceBatches, to_device_images
     from models import build_model
     from utils.engine import seed_everything
-    source, noise, seed, k, fold = args.source, args.noise, args.seed, args.folds, args.fold
-    data = tipping_study.run_data(source, noise, args)
+    seed, k, fold = args.seed, args.folds, args.fold
+    data = (LabelSet(args.label_set, args.study_data).data() if args.label_set
+            else tipping_study.run_data(args.source, args.noise, args))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seed_everything(seed * 100 + fold)
     n = len(data.noisy_labels)
@@ -94,27 +100,34 @@ def train_fold(args):
 
 
 def peer_runs(args, cells, schedule):
-    """{(source, noise, seed, fold): Run} of the peer's trainings."""
+    """{cell: Run} of the peer's trainings, a cell being (source, noise, seed, fold) of the recording runs or
+    (label set, seed, fold) of the confirmation runs."""
     runs = {}
     epochs, lr, decay = (schedule[schedule.index(flag) + 1] for flag in ("--n_epoch", "--lr", "--lr_decay_every"))
-    for source, noise, seed in cells:
+    for cell in cells:
+        *data, seed = cell
         for fold in range(args.folds):
-            out = os.path.join(args.results_dir, "kfold", f"{source}_{noise}_seed_{seed}", f"fold_{fold}")
-            flags = ["fold", "--source", source, "--noise", noise, "--seed", seed, "--folds", args.folds, "--fold", fold,
-                     "--digits_dir", args.digits_dir, "--out", out, "--n_epoch", epochs, "--lr", lr,
+            if len(data) == 2:
+                name, data_flags = f"{data[0]}_{data[1]}", ["--source", data[0], "--noise", data[1]]
+            else:
+                name, data_flags = LabelSet(data[0]).folder, ["--label_set", data[0]]
+            out = os.path.join(args.results_dir, "kfold", f"{name}_seed_{seed}", f"fold_{fold}")
+            flags = ["fold", *data_flags, "--seed", seed, "--folds", args.folds, "--fold", fold,
+                     "--study_data", args.study_data, "--out", out, "--n_epoch", epochs, "--lr", lr,
                      "--lr_decay_every", decay]
-            runs[source, noise, seed, fold] = Run(THIS, flags, out)
+            runs[(*cell, fold)] = Run(THIS, flags, out)
     return runs
 
 
-def out_of_fold(args, runs, source, noise, seed, n, num_classes):
-    """The peer's out-of-fold probabilities of every sample, and the image-epochs its K trainings took."""
-    folds = fold_of(n, args.folds, seed)
-    probs, cost = np.zeros((n, num_classes)), 0
+def out_of_fold(args, runs, cell, n, num_classes):
+    """The peer's out-of-fold probabilities of every sample of a cell, and what they cost: (network image-epochs of
+    training, network image-forwards of evaluation): K trainings of one network, and one forward pass of each image."""
+    folds = fold_of(n, args.folds, cell[-1])
+    probs, cost = np.zeros((n, num_classes)), (0, n)
     for fold in range(args.folds):
-        run = runs[source, noise, seed, fold]
+        run = runs[(*cell, fold)]
         probs[folds == fold] = np.load(os.path.join(run.run_dir, "probs.npy"))
-        cost += run.metrics()["image_epochs"]
+        cost = (cost[0] + run.metrics()["image_epochs"], cost[1])
     return probs, cost
 
 
@@ -138,11 +151,13 @@ def main():
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     sub = p.add_subparsers(dest="command")
     fold = sub.add_parser("fold", help="(internal) train one fold of the K-fold peer")
-    for flag in ("source", "noise", "out", "n_epoch", "lr", "lr_decay_every"):
+    for flag in ("out", "n_epoch", "lr", "lr_decay_every"):
         fold.add_argument(f"--{flag}", required=True)
+    for flag in ("source", "noise", "label_set"):  # source and noise of a recording run, or a label set
+        fold.add_argument(f"--{flag}", default=None)
     for flag in ("seed", "folds", "fold"):
         fold.add_argument(f"--{flag}", type=int, required=True)
-    fold.add_argument("--digits_dir", required=True)
+    fold.add_argument("--study_data", required=True)
     fold.add_argument("--resume", action="store_true", help="(ignored: a fold is retrained unless finished)")
     p.add_argument("--sources", nargs="+", default=list(NOISY), choices=list(NOISY), help="image sources")
     p.add_argument("--schedule", default="demo", choices=list(tipping_study.SCHEDULES), help="the recording runs' schedule")
@@ -150,31 +165,39 @@ def main():
     p.add_argument("--tipping_rule", default=DEFAULT_RULE, choices=sorted(set(TIPPING_RULES) - {"none"}),
                    help="the rule whose tipping epoch's pass is cut")
     p.add_argument("--folds", type=int, default=5, help="K of the peer's K-fold cross-validation")
-    p.add_argument("--digits_dir", default=os.path.expanduser("~/data/digits"),
-                   help="where tools/make_digits_npz.py wrote digits_<percent>.npz")
+    p.add_argument("--confirm", action="store_true",
+                   help="cut the real runs of tools/tipping_study.py confirm on --label_sets (sources the cut was not "
+                        "chosen on) instead of the recording runs")
+    p.add_argument("--label_sets", nargs="+", default=list(CONFIRMED_ON),
+                   help="with --confirm: label sets of tools/study.py (default: the confirmed-on ones)")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
     p.add_argument("--recordings", default="results/tipping_study", help="tools/tipping_study.py's --results_dir")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/flag_study", help="where the peer's trainings and study.md go")
     args = p.parse_args()
     if args.command == "fold":
         return train_fold(args)
-    from cleanlab.filter import find_label_issues
+    results = confirm(args) if args.confirm else chosen(args)
+    write_table(args, results)
 
+
+def chosen(args):
+    """{(label set, method): [score per seed]} on the recording runs of the sources the cut was chosen on, the rule
+    replayed on each."""
     cells = [(s, n, seed) for s in args.sources for n in NOISY[s] for seed in args.seeds]
     schedule = tipping_study.SCHEDULES[args.schedule]
     recordings = tipping_study.recording_runs(argparse.Namespace(
         sources=args.sources, schedules=[args.schedule], seeds=[str(seed) for seed in args.seeds],
-        digits_dir=args.digits_dir, results_dir=args.recordings))
+        study_data=args.study_data, results_dir=args.recordings))
     # the recording runs of the noisy label sets (tools/tipping_study.py record trains the clean ones too)
     stop_if_failed(run_all([recordings[s, n, args.schedule, str(seed)] for s, n, seed in cells], args.jobs,
                            label="recording runs"))
     peers = peer_runs(args, cells, schedule)
     stop_if_failed(run_all(list(peers.values()), args.jobs, label="K-fold peer trainings"))
-    results = {}  # (source, noise, method) -> [score dict per seed]
+    results = {}
     for source, noise, seed in cells:
         run = recordings[source, noise, args.schedule, str(seed)]
         data = tipping_study.run_data(source, noise, args)
-        labels, wrong = data.noisy_labels, data.noise_or_not
         curves = tipping_study.epoch_table(run, data)
         confidence, fit = list(curves["confidence"]), list(curves["train_fit"])
         tipping = None
@@ -185,73 +208,106 @@ def main():
         if tipping is None:
             print(f"{run.run_dir}: the {args.tipping_rule} rule finds no tipping epoch; left out")
             continue
-        agree, student_probs, _, n_train = pass_probabilities(run, tipping.epoch)
-        # the passes a run holds when it splits (utils.tipping.history_slots of them, the newest last): the found
-        # epoch's own pass only where it is the tipping epoch
-        slots = history_slots(args.tipping_rule)
-        newest = found if tipping.epoch == found else found - 1
-        last = [pass_probabilities(run, e) for e in range(newest - slots + 1, newest + 1)]
-        recent, teacher_predicted = np.mean([p[0] for p in last], axis=0), np.stack([p[2] for p in last])
-        bkd_cost = (found + 1) * n_train  # one run (two networks) trained until the split finds its tipping epoch
-        suspicion = -agree[np.arange(len(labels)), labels]  # the ranking: the same for every cut of BKD
-        for name, cut in CUTS.items():
-            results.setdefault((source, noise, f"BKD, tipping pass: {name}"), []).append(
-                dict(score(cut(agree, labels), suspicion, wrong), cost=bkd_cost))
-        for name in ("g4", "confident learning, pruned by noise rate", "suggested != given"):
-            results.setdefault((source, noise, f"BKD, last {slots} passes: {name}"), []).append(
-                dict(score(CUTS[name](recent, labels), suspicion, wrong), cost=bkd_cost))
-        refusals = np.sum(teacher_predicted != labels, axis=0)
-        for spares in (2, 1, 0):  # the teacher's refusals alone, and the shipped cut's neighbours
-            name = f"teacher refuses the label in {slots - spares}+ of the last {slots} passes"
-            results.setdefault((source, noise, f"BKD, {name}"), []).append(
-                dict(score(refusals >= slots - spares, suspicion, wrong), cost=bkd_cost))
-            if spares != TEACHER_SPARES:
-                results.setdefault((source, noise, f"BKD, last {slots} passes: suggested != given and {name}"),
-                                   []).append(dict(score(flag_labels(recent, labels, teacher_predicted, spares),
-                                                         suspicion, wrong), cost=bkd_cost))
-        results.setdefault((source, noise, f"BKD, last {slots} passes: {FLAGGED_CUT} (shipped)"), []).append(
-            dict(score(flag_labels(recent, labels, teacher_predicted), suspicion, wrong), cost=bkd_cost))
-        results.setdefault((source, noise, "BKD, tipping pass: agreement + cleanlab"), []).append(
-            dict(score(find_label_issues(labels, agree), suspicion, wrong), cost=bkd_cost))
-        results.setdefault((source, noise, "BKD, tipping pass: student + cleanlab"), []).append(
-            dict(score(find_label_issues(labels, student_probs), -student_probs[np.arange(len(labels)), labels], wrong),
-                 cost=bkd_cost))
-        oof, peer_cost = out_of_fold(args, peers, source, noise, seed, len(labels), data.num_classes)
-        results.setdefault((source, noise, f"{args.folds}-fold CE + cleanlab (peer)"), []).append(
-            dict(score(find_label_issues(labels, oof), -oof[np.arange(len(labels)), labels], wrong), cost=peer_cost))
-    write_table(args, results)
+        name = f"{source} {noise}" + (" % wrong" if source == "digits" else "")
+        score_cuts(results, name, run, tipping.epoch, found, args.tipping_rule, data,
+                   out_of_fold(args, peers, (source, noise, seed), len(data.noisy_labels), data.num_classes), args)
+    return results
+
+
+def confirm(args):
+    """{(label set, method): [score per seed]} on real runs of the default rule on sources the cut never saw: the
+    runs of tools/tipping_study.py confirm (trained here where missing), cut at the split they made."""
+    runs = tipping_study.confirmation_runs(argparse.Namespace(
+        label_sets=args.label_sets, seeds=[str(seed) for seed in args.seeds], study_data=args.study_data,
+        results_dir=args.recordings, confirm_schedule=args.schedule))
+    cells = [(name, seed) for name in args.label_sets for seed in args.seeds]
+    stop_if_failed(run_all([runs[DEFAULT_RULE, name, str(seed)] for name, seed in cells], args.jobs,
+                           label=f"confirmation runs ({DEFAULT_RULE} rule)"))
+    peers = peer_runs(args, cells, tipping_study.SCHEDULES[args.schedule])
+    stop_if_failed(run_all(list(peers.values()), args.jobs, label="K-fold peer trainings"))
+    results = {}
+    for name, seed in cells:
+        run = runs[DEFAULT_RULE, name, str(seed)]
+        metrics, data = run.metrics(), LabelSet(name, args.study_data).data()
+        if metrics["tipping_epoch"] is None:
+            print(f"{run.run_dir}: no tipping epoch; left out")
+            continue
+        score_cuts(results, name, run, metrics["tipping_epoch"], metrics["tipping_found_epoch"], DEFAULT_RULE, data,
+                   out_of_fold(args, peers, (name, seed), len(data.noisy_labels), data.num_classes), args)
+    return results
+
+
+def score_cuts(results, name, run, tipping, found, rule, data, peer, args):
+    """Score every cut of one run's split (its tipping epoch's pass, and the passes it held when it split at epoch
+    `found`) and the peer's (its out-of-fold probabilities and their cost) into results[label set name, method]."""
+    from cleanlab.filter import find_label_issues
+    labels, wrong = data.noisy_labels, data.noise_or_not
+    agree, student_probs, _, n_train = pass_probabilities(run, tipping)
+    # the passes a run holds when it splits (utils.tipping.history_slots of them, the newest last): the found
+    # epoch's own pass only where it is the tipping epoch
+    slots = history_slots(rule)
+    newest = found if tipping == found else found - 1
+    last = [pass_probabilities(run, e) for e in range(newest - slots + 1, newest + 1)]
+    recent, teacher_predicted = np.mean([p[0] for p in last], axis=0), np.stack([p[2] for p in last])
+    # one run until its split: two networks trained on n_train images an epoch, and a full-set pass of both after each
+    # epoch up to the one that finds the tipping epoch (that one only where it is the tipping epoch)
+    passes = found + (tipping == found)
+    bkd_cost = (2 * (found + 1) * n_train, 2 * passes * len(labels))
+    suspicion = -agree[np.arange(len(labels)), labels]  # the ranking: the same for every cut of BKD
+
+    def add(method, flagged, ranking=suspicion, cost=bkd_cost):
+        results.setdefault((name, method), []).append(dict(score(flagged, ranking, wrong), cost=cost))
+    for cut_name, cut in CUTS.items():
+        add(f"BKD, tipping pass: {cut_name}", cut(agree, labels))
+    for cut_name in ("g4", "confident learning, pruned by noise rate", "suggested != given"):
+        add(f"BKD, last {slots} passes: {cut_name}", CUTS[cut_name](recent, labels))
+    refusals = np.sum(teacher_predicted != labels, axis=0)
+    for spares in (2, 1, 0):  # the teacher's refusals alone, and the shipped cut's neighbours
+        refuses = f"teacher refuses the label in {slots - spares}+ of the last {slots} passes"
+        add(f"BKD, {refuses}", refusals >= slots - spares)
+        if spares != TEACHER_SPARES:
+            add(f"BKD, last {slots} passes: suggested != given and {refuses}",
+                flag_labels(recent, labels, teacher_predicted, spares))
+    add(f"BKD, last {slots} passes: {FLAGGED_CUT} (shipped)", flag_labels(recent, labels, teacher_predicted))
+    add("BKD, tipping pass: agreement + cleanlab", find_label_issues(labels, agree))
+    add("BKD, tipping pass: student + cleanlab", find_label_issues(labels, student_probs),
+        -student_probs[np.arange(len(labels)), labels])
+    oof, peer_cost = peer
+    add(f"{args.folds}-fold CE + cleanlab (peer)", find_label_issues(labels, oof), -oof[np.arange(len(labels)), labels],
+        peer_cost)
 
 
 def write_table(args, results):
-    header = ["source", "label set", "method", "F1", "precision", "recall", "flagged", "AUROC", "average precision",
-              "F1 - peer's", "p", "training (image-epochs)"]
+    header = ["label set", "method", "F1", "precision", "recall", "flagged", "AUROC", "average precision",
+              "F1 - peer's", "p", "training (network image-epochs)", "forward passes (network images)"]
+    peer_name = f"{args.folds}-fold CE + cleanlab (peer)"
     rows = []
-    for (source, noise, method), scores in results.items():
-        peer = results[source, noise, f"{args.folds}-fold CE + cleanlab (peer)"]
+    for (name, method), scores in results.items():
+        peer = results[name, peer_name]
         f1 = [s["f1"] for s in scores]
         diff, half, p = paired([s["f1"] for s in peer], f1)
-        rows.append([source, noise, method, pm(*mean_ci(f1), 3), pm(*mean_ci([s["precision"] for s in scores]), 3),
+        rows.append([name, method, pm(*mean_ci(f1), 3), pm(*mean_ci([s["precision"] for s in scores]), 3),
                      pm(*mean_ci([s["recall"] for s in scores]), 3), f"{np.mean([s['flagged'] for s in scores]):.0f}",
                      pm(*mean_ci([s["auroc"] for s in scores]), 3), pm(*mean_ci([s["ap"] for s in scores]), 3),
                      signed(diff, half, 3), "–" if np.isnan(p) else f"{p:.2f}",
-                     f"{np.mean([s['cost'] for s in scores]):,.0f}"])
+                     f"{np.mean([s['cost'][0] for s in scores]):,.0f}", f"{np.mean([s['cost'][1] for s in scores]):,.0f}"])
     # the same F1s as one matrix, a method a row and a label set a column (mean over seeds; * = at or above the peer)
-    label_sets = list(dict.fromkeys((source, noise) for source, noise, _ in results))
-    methods = list(dict.fromkeys(method for _, _, method in results))
-    peer_name = f"{args.folds}-fold CE + cleanlab (peer)"
+    label_sets = list(dict.fromkeys(name for name, _ in results))
+    methods = list(dict.fromkeys(method for _, method in results))
 
-    def cell(source, noise, method):
-        f1 = np.mean([s["f1"] for s in results[source, noise, method]])
-        peer = np.mean([s["f1"] for s in results[source, noise, peer_name]])
+    def cell(name, method):
+        f1 = np.mean([s["f1"] for s in results[name, method]])
+        peer = np.mean([s["f1"] for s in results[name, peer_name]])
         return f"{f1:.3f}" + ("*" if f1 >= peer and method != peer_name else "")
-    matrix = markdown_table(["method"] + [f"{s} {n}" + (" % wrong" if s == "digits" else "") for s, n in label_sets],
-                            [[m] + [cell(s, n, m) for s, n in label_sets] for m in methods])
-    text = (f"Recording runs of schedule {args.schedule}, tipping rule {args.tipping_rule}, seeds "
-            f"{', '.join(map(str, args.seeds))}; {device_line()}. Mean ± 95 % interval over seeds; the difference to the "
-            f"peer is paired by seed (p: paired t-test).\n\n" + markdown_table(header, rows) + "\nDetection F1, mean over the seeds (* = at "
-            f"or above the peer's):\n\n" + matrix)
+    matrix = markdown_table(["method"] + label_sets, [[m] + [cell(n, m) for n in label_sets] for m in methods])
+    runs = (f"real runs of the {DEFAULT_RULE} rule (tools/tipping_study.py confirm), cut at their split" if args.confirm
+            else f"recording runs, tipping rule {args.tipping_rule} replayed")
+    text = (f"Schedule {args.schedule}, {runs}, seeds {', '.join(map(str, args.seeds))}; {device_line()}. Mean ± 95 % "
+            f"interval over seeds; the difference to the peer is paired by seed (p: paired t-test).\n\n"
+            + markdown_table(header, rows) + "\nDetection F1, mean over the seeds (* = at or above the peer's):\n\n"
+            + matrix)
     os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "study.md"), "w") as f:
+    with open(os.path.join(args.results_dir, "confirm.md" if args.confirm else "study.md"), "w") as f:
         f.write(text)
     print(text)
 

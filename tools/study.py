@@ -1,8 +1,10 @@
-"""Shared by the studies (tools/precision_study.py, tools/fix_policy_study.py): many training runs, a few at a time,
-each reused once finished and resumed where it stopped; paired statistics over seeds; markdown tables.
+"""Shared by the studies (tools/*_study.py): the label sets they are chosen and confirmed on, many training runs, a
+few at a time, each reused once finished and resumed where it stopped; paired statistics over seeds; markdown tables.
 
-A study is a grid of runs that differ in one thing (precision, label fixes) and share everything else, including
-the seeds: the paired difference over seeds then measures that one thing, free of the seed-to-seed spread."""
+A study is a grid of runs that differ in one thing (a rule, precision, label fixes) and share everything else,
+including the seeds: the paired difference over seeds then measures that one thing, free of the seed-to-seed spread.
+A rule is chosen on some label sets and confirmed on others from sources the choice never saw (CONFIRMED_ON); the
+worst confirmed row decides."""
 import json
 import math
 import os
@@ -18,6 +20,51 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # run.sh's short schedule of the synthetic demo (its demo_flags): 24 epochs, a few minutes per run on a CPU
 DEMO_FLAGS = ["--n_epoch", "24", "--lr", "0.1", "--lr_decay_every", "5", "--print_freq", "10",
               "--noisy_val_freq", "3", "--clean_test_freq", "3"]
+
+
+# ---------------------------------------------------------------------------- label sets
+STUDY_DATA = os.path.expanduser("~/data/study")  # where tools/make_study_npz.py writes its files
+# Every shipped choice was made on the synthetic stand-in (CIFAR-10N's label sets) and scikit-learn's digits (real
+# scans; instance-dependent look-alike flips, uniform flips, systematic pair flips). Real sources no choice saw confirm
+# them: Fashion-MNIST's photos and Animal-MNIST's drawings, and MNIST's digits, added for the flagged cut chosen again
+# after the first two had been used (docs/detection.md).
+CONFIRMING_SOURCES = ("fashion", "animals", "mnist")
+CONFIRMED_ON = ("fashion uniform 20", "fashion pair 25", "animals uniform 20", "animals pair 25", "mnist uniform 20",
+                "mnist pair 25")
+
+
+class LabelSet:
+    """A label set of the studies by name: 'synthetic <noise type>' or '<source> <noise model> <percent>' (a file of
+    tools/make_study_npz.py in study_data). Its training flags, the folder its runs go to, and its run's name."""
+
+    def __init__(self, name, study_data=STUDY_DATA):
+        self.name = name
+        words = name.split()
+        self.part = "confirmed on" if words[0] in CONFIRMING_SOURCES else "chosen on"  # by its source
+        if words[0] == "synthetic" and len(words) == 2:
+            self.flags, self.run_name = ["--dataset", "synthetic", "--noise_type", words[1]], f"synthetic_{words[1]}"
+        elif len(words) == 3:
+            self.path = os.path.join(study_data, "_".join(words) + ".npz")
+            self.flags, self.run_name = ["--dataset", "npz", "--data_dir", self.path, "--arch", "small_cnn"], "npz_given"
+        else:
+            raise ValueError(f"unknown label set {name!r}: 'synthetic <noise type>' or '<source> <noise> <percent>'")
+        self.folder = "_".join(words)
+
+    def data(self):
+        """Its Dataset (the labels the runs train with, and the ground truth that scores them)."""
+        sys.path.insert(0, ROOT)
+        from data import load_dataset
+        if self.flags[1] == "synthetic":
+            return load_dataset("synthetic", self.flags[3], None)
+        return load_dataset("npz", "given", self.path)
+
+    def missing_file(self):
+        """A line saying how to make the label set's file, or None when it is there (or needs none)."""
+        path = getattr(self, "path", None)
+        if path is None or os.path.isfile(path):
+            return None
+        return (f"{path}: no such file; make it with python tools/make_study_npz.py --out {os.path.dirname(path)} "
+                f"(see its --help for what it needs)")
 
 
 def add_arguments(parser, results_dir):

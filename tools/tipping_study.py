@@ -1,6 +1,6 @@
 """Tipping-point rules: what the student's confidence curve says, and which rule finds the real turn.
 
-    pip install -r requirements-study.txt && python tools/make_digits_npz.py --out ~/data/digits
+    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study
     python tools/tipping_study.py record                  # recording runs: never split, every epoch's pass saved
     python tools/tipping_study.py replay                  # every rule replayed on them: table and pictures
 
@@ -11,7 +11,7 @@ epoch it would split at, and the detection that epoch's pass gives (precision, r
 ground truth, which scores and never decides). Beside each rule it shows what the ground truth says about the curve:
 the onset of memorisation (the epoch after which the teacher fits more and more of the wrong labels: the minimum of
 the share of wrong labels it predicts) and the best epoch (the highest detection F1 of any epoch's pass).
-Sources: the synthetic stand-in (clean, aggre, worst, rand1) and scikit-learn's digits (tools/make_digits_npz.py,
+Sources: the synthetic stand-in (clean, aggre, worst, rand1) and scikit-learn's digits (tools/make_study_npz.py,
 0, 5 and 25 % wrong labels). Runs are reused when finished and resumed when interrupted.
 """
 import argparse
@@ -24,15 +24,15 @@ import json
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from study import (ROOT, DEMO_FLAGS, Run, device_line, markdown_table, mean_ci, paired, pm, run_all, signed,  # noqa: E402
-                   stop_if_failed)
+from study import (CONFIRMED_ON, DEMO_FLAGS, ROOT, STUDY_DATA, LabelSet, Run, device_line, markdown_table,  # noqa: E402
+                   mean_ci, paired, pm, run_all, signed, stop_if_failed)
 
 sys.path.insert(0, ROOT)
 from data import load_dataset  # noqa: E402
 from utils.bkd import DegenerateSplit, assign_groups, find_tipping_epoch, otsu_split, precision_recall_f1  # noqa: E402
 from utils.metrics import auroc  # noqa: E402
-from utils.tipping import (DEFAULT_RULE, FIT_SHARE, MARGIN, PATIENCE, noise_level, plateau_rule, recent_rise,  # noqa: E402
-                           still_rising)
+from utils.tipping import (DEFAULT_RULE, FIT_SHARE, MARGIN, PATIENCE, noise_level, plateau_rule,  # noqa: E402
+                           premature_split, recent_rise)
 
 TRAINING = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 LOGGING = ["--print_freq", "100", "--noisy_val_freq", "3", "--clean_test_freq", "3"]
@@ -43,7 +43,7 @@ SCHEDULES = {  # name: the training flags
 SOURCES = {  # name: (label sets, their data flags)
     "synthetic": ("clean aggre worst rand1".split(), lambda noise, args: ["--dataset", "synthetic", "--noise_type", noise]),
     "digits": ("0 5 25".split(), lambda noise, args: ["--dataset", "npz", "--data_dir",
-                                                        os.path.join(args.digits_dir, f"digits_{noise}.npz"),
+                                                        os.path.join(args.study_data, f"digits_lookalike_{noise}.npz"),
                                                         "--arch", "small_cnn"]),
 }
 
@@ -69,7 +69,7 @@ def run_data(source, noise, args):
     """The Dataset of a recording run (the labels it trained with and the ground truth)."""
     if source == "synthetic":
         return load_dataset("synthetic", noise, None)
-    return load_dataset("npz", "given", os.path.join(args.digits_dir, f"digits_{noise}.npz"))
+    return load_dataset("npz", "given", os.path.join(args.study_data, f"digits_lookalike_{noise}.npz"))
 
 
 def epoch_table(run, data):
@@ -309,75 +309,84 @@ def draw_curves(path, tables, args):
 
 
 # ---------------------------------------------------------------------------- real runs of both rules
+CHOSEN_ON_CONFIRM = ("synthetic clean", "synthetic aggre", "synthetic worst", "synthetic rand1", "digits lookalike 0",
+                     "digits lookalike 5", "digits lookalike 25")  # the real runs of the sources the rule was chosen on
+
+
 def confirmation_runs(args):
-    """{(rule, source, label set, seed): Run}: the demo's runs (its schedule, all of the method) under each rule."""
+    """{(rule, label set, seed): Run}: the demo's runs (its schedule, all of the method) under each rule, every
+    full-set pass up to the split recorded (tools/flag_study.py confirm cuts the default rule's passes)."""
     runs = {}
     for rule in ("reference", DEFAULT_RULE):
-        for source in args.sources:
-            label_sets, data_flags = SOURCES[source]
-            for noise in label_sets:
-                # synthetic runs of every label set in one folder, as tools/fix_policy_study.py keeps them (it reuses
-                # them with --results_dir results/tipping_study/confirm/<rule>); digits files all have the label set
-                # "given", so one folder each
-                results = os.path.join(args.results_dir, "confirm", rule,
-                                       "synthetic" if source == "synthetic" else f"digits_{noise}")
-                for seed in args.seeds:
-                    flags = data_flags(noise, args) + ["--seed", seed, "--results_dir", results, "--tipping_rule", rule]
-                    name = ("synthetic_" + noise if source == "synthetic" else "npz_given") + f"_seed_{seed}"
-                    runs[rule, source, noise, seed] = Run(TRAINING, flags + SCHEDULES[args.confirm_schedule],
-                                                          os.path.join(results, name))
+        for name in args.label_sets:
+            ls = LabelSet(name, args.study_data)
+            missing = ls.missing_file()
+            if missing:
+                sys.exit(f"tipping_study.py: {missing}")
+            # synthetic label sets in one folder, the others (whose runs are all named npz_given) one folder each
+            results = os.path.join(args.results_dir, "confirm", rule,
+                                   "synthetic" if ls.flags[1] == "synthetic" else ls.folder)
+            for seed in args.seeds:
+                flags = ls.flags + ["--seed", seed, "--results_dir", results, "--tipping_rule", rule, "--record_passes"]
+                runs[rule, name, seed] = Run(TRAINING, flags + SCHEDULES[args.confirm_schedule],
+                                             os.path.join(results, f"{ls.run_name}_seed_{seed}"))
     return runs
 
 
-def premature(metrics):
-    """Whether a finished run's split looks premature by utils.tipping.still_rising (what its log warns of)."""
+def premature(metrics, num_classes):
+    """Whether a finished run's split looks premature by utils.tipping.premature_split (what its log warns of)."""
     found = metrics["tipping_found_epoch"]
-    return found is not None and still_rising(metrics["confidence"][:found + 1],
-                                              metrics["train_fit"][:found + 1]) is not None
+    return found is not None and premature_split(metrics["confidence"][:found + 1], metrics["train_fit"][:found + 1],
+                                                 num_classes) is not None
 
 
 def confirm(args):
     """Train the demo's runs under both rules and compare them seed by seed: clean test accuracy and detection F1
-    (paired differences), the tipping epochs, the runs whose split looked premature by the plateau evidence, and on
-    clean labels (synthetic clean, digits 0 %) whether a run ends below the same seed's run on the least noisy
-    label set (aggre, 5 %)."""
+    (paired differences), the tipping epochs, the runs whose split the log calls premature, and, for a clean label
+    set, whether a run ends below the same seed's run on the next label set of its source (the least noisy)."""
     runs = confirmation_runs(args)
     stop_if_failed(run_all(list(runs.values()), args.jobs, label="confirmation runs"))
-    header = ["source", "label set", "rule", "tipping epoch per seed", "clean test accuracy (%)", "difference (points)",
-              "p", "detection F1", "difference", "premature splits"]
+    header = ["label set", "part", "rule", "tipping epoch per seed", "clean test accuracy (%)", "difference (points)",
+              "p", "worst seed", "detection F1", "difference", "premature splits"]
     rows, lines = [], []
-    for source in args.sources:
-        label_sets = SOURCES[source][0]
-        for noise in label_sets:
-            m = {rule: [runs[rule, source, noise, s].metrics() for s in args.seeds] for rule in ("reference", DEFAULT_RULE)}
-            acc = {r: [x["final_test_accuracy"] for x in ms] for r, ms in m.items()}
-            f1 = {r: [(x["detection"] or {}).get("f1", 0.0) for x in ms] for r, ms in m.items()}
-            for rule in ("reference", DEFAULT_RULE):
-                diff = rule != "reference"
-                d_acc, h_acc, p_acc = paired(acc["reference"], acc[rule])
-                d_f1, h_f1, _ = paired(f1["reference"], f1[rule])
-                rows.append([source, label_set(source, noise), rule,
-                             ", ".join("–" if x["tipping_epoch"] is None else str(x["tipping_epoch"]) for x in m[rule]),
-                             pm(*mean_ci(acc[rule]), 2), signed(d_acc, h_acc, 2) if diff else "",
-                             (f"{p_acc:.2f}" if not np.isnan(p_acc) else "–") if diff else "",
-                             "" if not noisy((source, noise)) else pm(*mean_ci(f1[rule]), 3),
-                             signed(d_f1, h_f1, 3) if diff and noisy((source, noise)) else "",
-                             sum(premature(x) for x in m[rule])])
-        clean, least = label_sets[0], label_sets[1]
+    for name in args.label_sets:
+        ls, clean = LabelSet(name, args.study_data), is_clean(name)
+        num_classes = ls.data().num_classes
+        m = {rule: [runs[rule, name, s].metrics() for s in args.seeds] for rule in ("reference", DEFAULT_RULE)}
+        acc = {r: [x["final_test_accuracy"] for x in ms] for r, ms in m.items()}
+        f1 = {r: [(x["detection"] or {}).get("f1", 0.0) for x in ms] for r, ms in m.items()}
         for rule in ("reference", DEFAULT_RULE):
-            below = [s for s in args.seeds if runs[rule, source, clean, s].metrics()["final_test_accuracy"]
-                     < runs[rule, source, least, s].metrics()["final_test_accuracy"]]
-            lines.append(f"- {source}, {rule} rule: the run on {label_set(source, clean)} labels ends below the same "
-                         f"seed's {label_set(source, least)} run on "
-                         + (f"seeds {', '.join(map(str, below))}" if below else "no seed"))
+            diff = rule != "reference"
+            d_acc, h_acc, p_acc = paired(acc["reference"], acc[rule])
+            d_f1, h_f1, _ = paired(f1["reference"], f1[rule])
+            rows.append([name, ls.part, rule,
+                         ", ".join("–" if x["tipping_epoch"] is None else str(x["tipping_epoch"]) for x in m[rule]),
+                         pm(*mean_ci(acc[rule]), 2), signed(d_acc, h_acc, 2) if diff else "",
+                         (f"{p_acc:.2f}" if not np.isnan(p_acc) else "–") if diff else "",
+                         f"{min(b - a for a, b in zip(acc['reference'], acc[rule])):+.2f}" if diff else "",
+                         "" if clean else pm(*mean_ci(f1[rule]), 3), signed(d_f1, h_f1, 3) if diff and not clean else "",
+                         sum(premature(x, num_classes) for x in m[rule])])
+        following = args.label_sets[args.label_sets.index(name) + 1:]
+        if clean and following and following[0].split()[0] == name.split()[0]:
+            for rule in ("reference", DEFAULT_RULE):
+                below = [s for s in args.seeds if runs[rule, name, s].metrics()["final_test_accuracy"]
+                         < runs[rule, following[0], s].metrics()["final_test_accuracy"]]
+                lines.append(f"- {name}, {rule} rule: the run on clean labels ends below the same seed's "
+                             f"{following[0]} run on " + (f"seeds {', '.join(map(str, below))}" if below else "no seed"))
     text = (f"The demo's runs ({' '.join(SCHEDULES[args.confirm_schedule])}) under each rule, seeds "
             f"{', '.join(map(str, args.seeds))}; {device_line()}. Mean ± 95 % interval over seeds; differences are "
-            f"{DEFAULT_RULE} - reference, paired by seed (p: paired t-test). F1 is 0 for a run without a split.\n\n"
-            + markdown_table(header, rows) + "\n" + "\n".join(lines) + "\n")
+            f"{DEFAULT_RULE} - reference, paired by seed (p: paired t-test; worst seed: the lowest difference of a seed). F1 "
+            f"is 0 for a run without a split.\n\n"
+            + markdown_table(header, rows) + ("\n" + "\n".join(lines) + "\n" if lines else ""))
     os.makedirs(args.results_dir, exist_ok=True)
     with open(os.path.join(args.results_dir, "confirm.md"), "w") as f:
         f.write(text)
     print(text)
+
+
+def is_clean(name):
+    """True for a label set without wrong labels (synthetic clean, a file at 0 %)."""
+    return name == "synthetic clean" or name.endswith(" 0")
 
 
 def main():
@@ -388,9 +397,11 @@ def main():
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES), help="image sources")
     p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES), help="schedules")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
-    p.add_argument("--digits_dir", default=os.path.expanduser("~/data/digits"),
-                   help="where tools/make_digits_npz.py wrote digits_<percent>.npz")
     p.add_argument("--confirm_schedule", default="demo", choices=list(SCHEDULES), help="the confirmation runs' schedule")
+    p.add_argument("--label_sets", nargs="+", default=list(CONFIRMED_ON),
+                   help="confirm: the label sets of tools/study.py (default: the confirmed-on ones, sources the rule "
+                        f"was not chosen on; the real runs of those it was chosen on: {', '.join(CHOSEN_ON_CONFIRM)})")
+    p.add_argument("--study_data", default=STUDY_DATA, help="confirm: where tools/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/tipping_study", help="where the runs and study.md go")
     args = p.parse_args()

