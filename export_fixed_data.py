@@ -41,9 +41,18 @@ def get_parser():
     return p
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM. A BaseException, as KeyboardInterrupt is, so that no `except Exception` it passes through
+    (tqdm's around the start of its monitor thread, a loader's around a damaged file) swallows it and lets the
+    export run on."""
+    def __init__(self, signum):
+        super().__init__(f"interrupted by signal {signum}; nothing was written")
+        self.exit_code = 128 + signum
+
+
 def stop(signum, frame):
     """SIGINT and SIGTERM end the export through its clean-up, like any error: nothing is left behind."""
-    raise RunError(f"interrupted by signal {signum}; nothing was written", exit_code=128 + signum)
+    raise Interrupted(signum)
 
 
 def files_line(files, refused):
@@ -98,7 +107,7 @@ def cli(argv=None):
     except InputError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except RunError as e:
+    except (RunError, Interrupted) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     finally:

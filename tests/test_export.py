@@ -414,13 +414,44 @@ def test_an_interrupted_export_leaves_nothing(tmp_path, sig):
                                 *export_args(root, fixes, out, "--copy")], env=script_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not any(files for work in leftovers(tmp_path) for _, _, files in os.walk(tmp_path / work)):
+    while not any(files for work in leftovers(tmp_path) for _, _, files in os.walk(tmp_path / work / "copy")):
         assert time.time() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.05)
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a hung export must fail the test, not outlive it
     assert process.returncode == 128 + sig and stdout == ""
     assert stderr == f"export_fixed_data.py: error: interrupted by signal {int(sig)}; nothing was written\n"
+    assert not os.path.lexists(out) and not leftovers(tmp_path) and snapshot(root) == before
+
+
+SIGNALLED_IN_TQDM = """
+import os, sys, time
+import tqdm.std
+from export_fixed_data import cli
+
+class SignalledWhileStarting:
+    def __init__(self, *args):
+        os.kill(os.getpid(), int(sys.argv[1]))  # the handler runs here, inside tqdm's `except Exception`
+        time.sleep(10)
+tqdm.std.TMonitor = SignalledWhileStarting
+sys.exit(cli(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_no_library_can_swallow(tmp_path, sig):
+    """A signal that comes while tqdm starts its monitor thread (which tqdm wraps in `except Exception` and turns into
+    a warning) still stops the export: before, the export ran on, and hung on a named pipe it could not read."""
+    root, fixes, out = pets(tmp_path)
+    before = snapshot(root)
+    process = subprocess.run([sys.executable, "-c", SIGNALLED_IN_TQDM, str(int(sig)), *export_args(root, fixes, out)],
+                             cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=60)
+    assert process.returncode == 128 + sig and process.stdout == ""
+    assert process.stderr == f"export_fixed_data.py: error: interrupted by signal {int(sig)}; nothing was written\n"
     assert not os.path.lexists(out) and not leftovers(tmp_path) and snapshot(root) == before
 
 
