@@ -402,6 +402,13 @@ def test_repeated_exports(tmp_path, capsys):
     assert f"--out {mine} exists and is not a copy written by export_fixed_data.py" in capsys.readouterr().err
 
 
+def assert_stopped_cleanly(returncode, stdout, stderr, sig, out, root, before):
+    """An export stopped by sig: 128 + sig, the one line, no copy, no work folder, the original as it was before."""
+    assert returncode == 128 + sig and stdout == ""
+    assert stderr == f"export_fixed_data.py: error: interrupted by signal {int(sig)}; nothing was written\n"
+    assert not os.path.lexists(out) and not leftovers(os.path.dirname(out)) and snapshot(root) == before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_export_leaves_nothing(tmp_path, sig):
@@ -422,9 +429,7 @@ def test_an_interrupted_export_leaves_nothing(tmp_path, sig):
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()  # a hung export must fail the test, not outlive it
-    assert process.returncode == 128 + sig and stdout == ""
-    assert stderr == f"export_fixed_data.py: error: interrupted by signal {int(sig)}; nothing was written\n"
-    assert not os.path.lexists(out) and not leftovers(tmp_path) and snapshot(root) == before
+    assert_stopped_cleanly(process.returncode, stdout, stderr, sig, out, root, before)
 
 
 SIGNALLED_IN_TQDM = """
@@ -450,9 +455,7 @@ def test_an_interrupt_no_library_can_swallow(tmp_path, sig):
     before = snapshot(root)
     process = subprocess.run([sys.executable, "-c", SIGNALLED_IN_TQDM, str(int(sig)), *export_args(root, fixes, out)],
                              cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=60)
-    assert process.returncode == 128 + sig and process.stdout == ""
-    assert process.stderr == f"export_fixed_data.py: error: interrupted by signal {int(sig)}; nothing was written\n"
-    assert not os.path.lexists(out) and not leftovers(tmp_path) and snapshot(root) == before
+    assert_stopped_cleanly(process.returncode, process.stdout, process.stderr, sig, out, root, before)
 
 
 KILLED_AT_CALL = """
