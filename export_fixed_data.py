@@ -9,7 +9,8 @@ A folder becomes a folder in the same layout, relabelled images in their new cla
 without the dropped images and with the fixed labels. Beside the copy, a manifest traces it back: the source, the
 fixes file's sha256, the counts and every image relabelled or dropped. The copy loads with --dataset folder / npz as
 it is. Bad input: one line, exit code 2, nothing written; an interrupted export leaves nothing behind either, and a
-killed one nothing in the way of the next. Nothing the command did not write is ever replaced."""
+killed one is undone by the next. Nothing the command did not write is ever replaced (docs/review.md says what the
+export guarantees, and where it cannot)."""
 import argparse
 import os
 import signal
@@ -33,8 +34,10 @@ def get_parser():
                    help="the copy to write: a new folder (folder) or .npz file (npz), not inside the original; "
                         f"its manifest goes to PATH/{MANIFEST} (folder) or PATH.manifest.json (npz)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace PATH and its manifest if PATH is an earlier copy written by this command (anything "
-                        "else is refused, and so is a manifest's path that holds a file of yours)")
+                   help="replace PATH and its manifest if PATH is an earlier copy exactly as this command wrote it "
+                        "(a folder holding nothing else and nothing changed; anything else is refused, naming the "
+                        "first difference, and so is a manifest's path that holds a file of yours); also replaces the "
+                        "manifest of an earlier .npz copy that is no longer at PATH")
     p.add_argument("--copy", action="store_true",
                    help="folder: copy every image instead of hard-linking it (a hard link is the original file under "
                         "a second name: editing its content in place edits both)")

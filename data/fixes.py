@@ -41,8 +41,12 @@ class LabelFixes:
 
 
 def file_sha256(path):
+    """The sha256 of a file's content, read in blocks (OSError when it cannot be read)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_dir_suffix(path):

@@ -26,19 +26,30 @@ def class_folders(folder):
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def image_files(folder):
-    """The image files under folder, at any depth, in sorted order; hidden files and folders are skipped."""
-    files = []
+def image_files(folder, walked=None):
+    """The image files under folder, at any depth, in sorted order; hidden files and folders are skipped. Linked
+    folders are followed, except a link back to a folder it lies in (which would never end). The resolved path of
+    every folder walked is added to the set `walked`, when given."""
+    files, above = [], {os.path.normpath(folder): {os.path.realpath(folder)}}  # each folder's own and its parents'
     for parent, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        chain = above.pop(os.path.normpath(parent))
+        if walked is not None:
+            walked |= chain
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".")
+                   and os.path.realpath(os.path.join(parent, d)) not in chain]
+        for d in dirs:
+            above[os.path.normpath(os.path.join(parent, d))] = chain | {os.path.realpath(os.path.join(parent, d))}
         files += [os.path.join(parent, n) for n in sorted(names)
                   if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
     return files
 
 
-def list_split(split_dir, class_names=None):
+def list_split(split_dir, class_names=None, walked=None):
     """(class folder names, image files, labels) of split_dir/<class name>/...; the labels index class_names
-    when given (the training classes, for the test set), else the sorted class folders themselves."""
+    when given (the training classes, for the test set), else the sorted class folders themselves. The resolved path
+    of every folder walked is added to `walked`, when given."""
+    if walked is not None:
+        walked.add(os.path.realpath(split_dir))
     found = class_folders(split_dir)
     if not found:
         raise InputError(f"{split_dir} has no class folders: expected {split_dir}/<class name>/<images>")
@@ -49,7 +60,7 @@ def list_split(split_dir, class_names=None):
                          f"{' ...' if len(unknown) > 5 else ''}; every test class needs a training folder")
     files, labels = [], []
     for name in found:
-        class_files = image_files(os.path.join(split_dir, name))
+        class_files = image_files(os.path.join(split_dir, name), walked)
         if not class_files:
             raise InputError(f"{os.path.join(split_dir, name)} has no images ({' '.join(IMAGE_EXTENSIONS)}); "
                              f"add some or remove the folder")
@@ -123,9 +134,11 @@ def write_cache(path, key, arrays):
     return True
 
 
-def list_folder(root):
+def list_folder(root, walked=None):
     """(class names, training files, training labels, test files, test labels or None) of an image folder, checked,
-    without decoding an image: what load_folder reads, and what export_fixed_data.py copies."""
+    without decoding an image: what load_folder reads, and what export_fixed_data.py copies. The resolved path of
+    every folder the listing walks (root, train/, test/ and every folder below them, linked ones included) is added
+    to the set `walked`, when given."""
     root = os.path.normpath(root)
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     if not os.path.isdir(root):
@@ -134,12 +147,14 @@ def list_folder(root):
     if not os.path.isdir(train_dir):
         raise InputError(f"{root} has no train/ folder: expected {train_dir}/<class name>/<images> "
                          f"(and optionally {test_dir}/<class name>/<images>)")
-    class_names, train_files, train_labels = list_split(train_dir)
+    if walked is not None:
+        walked.add(os.path.realpath(root))
+    class_names, train_files, train_labels = list_split(train_dir, walked=walked)
     if len(class_names) < 2:
         raise InputError(f"{train_dir} has a single class folder ({class_names[0]}); BKD needs at least two classes")
     test_files, test_labels = [], None
     if os.path.isdir(test_dir):
-        _, test_files, test_labels = list_split(test_dir, class_names)
+        _, test_files, test_labels = list_split(test_dir, class_names, walked)
     return class_names, train_files, train_labels, test_files, test_labels
 
 

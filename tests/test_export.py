@@ -5,6 +5,7 @@ the command did not write is ever replaced, everything written is flushed to dis
 exit code 2, and the copies of a run's reviewed fixes train."""
 import collections
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 import data.export as export
+import data.placement as placement
 from data import load_dataset
 from data.fixes import apply_label_fixes, drop_row, fix_row, write_label_fixes
 from export_fixed_data import cli
@@ -295,11 +297,13 @@ NPZ_OUT = [("none", "own", True, "b.npz.manifest.json exists and was not written
            ("none", "own", False, "b.npz.manifest.json exists and was not written by export_fixed_data.py"),
            ("own", "own", True, "b.npz.manifest.json exists and was not written by export_fixed_data.py"),
            ("export", "own", True, "b.npz.manifest.json exists and was not written by export_fixed_data.py"),
-           ("own", "none", True, "b.npz exists and is not a copy written by export_fixed_data.py"),
-           ("export", "none", True, "b.npz exists and is not a copy written by export_fixed_data.py"),  # removed
-           ("own", "export", True, "b.npz exists and is not a copy written by export_fixed_data.py"),  # saved over it
+           ("own", "none", True, "b.npz exists and is not a copy exactly as export_fixed_data.py wrote it (no "),
+           ("export", "none", True, "b.npz exists and is not a copy exactly as export_fixed_data.py wrote it (no "),
+           ("own", "export", True, "b.npz exists and is not a copy exactly as export_fixed_data.py wrote it (its "
+                                   "content is not the one its manifest records)"),  # saved over it
            ("export", "export", False, "b.npz exists; choose another path, or pass --overwrite to replace it"),
-           ("none", "export", False, None),  # the manifest of a copy that is gone (killed between the two renames)
+           # the manifest of a copy that is gone (mv b.npz v2.npz): its only record, replaced only when asked
+           ("none", "export", False, "b.npz.manifest.json is the manifest of an earlier copy that is no longer at "),
            ("none", "export", True, None),
            ("export", "export", True, None),
            ("none", "none", False, None)]
@@ -327,6 +331,193 @@ def test_an_npz_export_replaces_only_its_own_files(tmp_path, capsys, copy, manif
     else:
         assert code == 0 and export.is_export(out, "npz") and not leftovers(tmp_path), err
         assert json.loads(open(out + ".manifest.json").read())["copy_sha256"] == sha(out)
+
+
+# ---------------------------------------------------------------------------- the original, and what is the user's
+@pytest.mark.parametrize("where", ["inside the linked folder", "around it"])
+def test_an_out_inside_or_around_a_linked_class_folder_is_refused(tmp_path, capsys, where):
+    """The listing follows linked folders: a copy inside a class folder's link target would add images to the original
+    (3 cat images became 9 before), and replacing a copy that holds a link target would change the original's class."""
+    root, fixes, out = pets(tmp_path)
+    store = tmp_path / "store" / "cat"
+    shutil.move(f"{root}/train/cat", store)
+    os.symlink(store, f"{root}/train/cat")
+    out = str(store / "fixed") if where == "inside the linked folder" else str(tmp_path / "store")
+    before = snapshot(tmp_path)
+    original = export.folder_listing(root)[0].train_files
+    assert cli(export_args(root, fixes, out, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out} lies inside or around {store}, a folder the listing of {root} " \
+                                      f"walks (through a linked folder)" in err, err
+    assert snapshot(tmp_path) == before and export.folder_listing(root)[0].train_files == original
+
+
+def test_a_folder_linked_into_itself_is_listed_once(tmp_path):
+    """A link back to a folder it lies in is not followed (the listing would never end), and is no reason to refuse."""
+    root, fixes, out = pets(tmp_path)
+    os.symlink(".", f"{root}/train/cat/again")
+    assert len(export.folder_listing(root)[0].train_files) == 9
+    assert cli(export_args(root, fixes, out)) == 0 and len(load_dataset("folder", "given", out, 8).train_files) == 8
+
+
+CHANGES = {  # what a user did to a copy: (how, the path the refusal names, below the copy)
+    "a note added": (lambda out: open(f"{out}/NOTES.txt", "w").write("checked by hand\n"), "NOTES.txt"),
+    "an image added": (lambda out: save_image(f"{out}/train/dog/new.png", np.zeros((4, 4, 3), np.uint8)),
+                       "train/dog/new.png"),
+    "the loader's cache": (lambda out: load_dataset("folder", "given", out, image_size=8), ".bkd_cache_8px.npz"),
+    "a folder added": (lambda out: os.mkdir(f"{out}/train/dog/keep"), "train/dog/keep"),
+    "a link added": (lambda out: os.symlink("/", f"{out}/train/root"), "train/root"),
+    "an image changed": (lambda out: open(f"{out}/train/cat/1.png", "ab").write(b"\0"), "train/cat/1.png"),
+    "an image removed": (lambda out: os.remove(f"{out}/train/cat/1.png"), "train/cat/1.png"),
+    "an image replaced by a folder": (lambda out: (os.remove(f"{out}/train/cat/1.png"),
+                                                   os.mkdir(f"{out}/train/cat/1.png")), "train/cat/1.png")}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_overwrite_refuses_a_copy_that_is_not_as_written(tmp_path, capsys, change):
+    """--overwrite replaces a folder copy only as the export wrote it: a file of the user's added to it (before, the
+    next export deleted it), anything changed or removed in it, is refused with exit code 2, naming the first
+    difference, and the copy stays as it is."""
+    root, fixes, out = pets(tmp_path)
+    assert cli(export_args(root, fixes, out)) == 0
+    how, name = CHANGES[change]
+    how(out)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli(export_args(root, fixes, out, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out} exists and is not a copy exactly as export_fixed_data.py wrote it " \
+                                      f"({out}/{name}" in err, err
+    assert snapshot(tmp_path) == before and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("manifest", ["copied into a folder of the user's", "of an earlier version"])
+def test_overwrite_refuses_a_folder_whose_manifest_cannot_vouch_for_it(tmp_path, capsys, manifest):
+    """A folder holding a copy of an export's manifest.json, and a copy of an earlier version (whose manifest lists
+    no files), are not replaced."""
+    root, fixes, out = pets(tmp_path)
+    assert cli(export_args(root, fixes, out)) == 0
+    if manifest == "copied into a folder of the user's":
+        mine = tmp_path / "mine"
+        write_folder(mine, ["cat"], n=1)
+        shutil.copy(f"{out}/manifest.json", mine)
+        out, reason = str(mine), f"({mine}/test/cat/0.png, written by the export, is gone)"
+    else:
+        record = json.loads(open(f"{out}/manifest.json").read())
+        del record["files_written"]
+        open(f"{out}/manifest.json", "w").write(json.dumps(record))
+        reason = "(it was written by an earlier version of export_fixed_data.py, whose manifest lists no files)"
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli(export_args(root, fixes, out, "--overwrite")) == 2 and reason in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def test_the_manifest_of_a_moved_copy_is_kept(tmp_path, capsys):
+    """After `mv b.npz v2.npz`, b.npz.manifest.json is the only record of where v2.npz came from: the next export to
+    b.npz refuses instead of deleting it, and replaces it only with --overwrite."""
+    path, fixes, out = small_npz(tmp_path)
+    assert cli(npz_args(path, fixes, out)) == 0
+    os.rename(out, tmp_path / "v2.npz")
+    record = sha(out + ".manifest.json")
+    capsys.readouterr()
+    assert cli(npz_args(path, fixes, out)) == 2 and sha(out + ".manifest.json") == record
+    assert f"{out}.manifest.json is the manifest of an earlier copy that is no longer at {out} (moved or deleted?)" \
+           in capsys.readouterr().err
+    assert cli(npz_args(path, fixes, out, "--overwrite")) == 0 and export.is_export(out, "npz")
+
+
+@pytest.mark.parametrize("dataset", ["folder", "npz"])
+def test_a_path_taken_while_the_copy_is_written_is_never_replaced(tmp_path, monkeypatch, capsys, dataset, renames):
+    """The last check that --out is free comes before the renames: a file that appears in between (another export to
+    the same path, a file of the user's) makes the rename fail instead of being replaced (a plain rename replaced
+    it), and the export undoes itself: the user's file as it was, no manifest of the export, no work folder."""
+    if dataset == "folder":
+        root, fixes, out = pets(tmp_path)
+        argv = export_args(root, fixes, out)
+    else:
+        path, fixes, out = small_npz(tmp_path)
+        argv = npz_args(path, fixes, out)
+    real_run = placement.Placement.run
+
+    def someone_else_writes_out_first(self):
+        with open(out, "w") as f:
+            f.write("theirs")
+        real_run(self)
+    monkeypatch.setattr(placement.Placement, "run", someone_else_writes_out_first)
+    assert cli(argv) == 1
+    assert f"error: cannot put the copy in place at {out}: {out} appeared while the copy was written (another " \
+           f"export?); nothing was written" in capsys.readouterr().err
+    assert open(out).read() == "theirs" and not os.path.lexists(out + ".manifest.json") and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["folder", "npz"])
+def test_relative_paths(tmp_path, monkeypatch, dataset, renames):
+    """The paths as a user types them, relative to the current folder: a new copy, then one replacing it."""
+    monkeypatch.chdir(tmp_path)
+    if dataset == "folder":
+        pets(tmp_path)
+        argv = export_args("pets", "fixes.csv", "pets_fixed")
+    else:
+        small_npz(tmp_path)
+        argv = npz_args("a.npz", "fixes.csv", "b.npz")
+    assert cli(argv) == 0 and cli(argv + ["--overwrite"]) == 0 and export.is_export(argv[-1], dataset)
+    assert not leftovers(tmp_path)
+
+
+def test_signals_wait_while_the_copy_is_put_in_place(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that comes during the renames waits until they are done: the export finishes and says so (before, a
+    second Ctrl-C in the middle of undoing left the earlier copy in the work folder, which was then deleted)."""
+    root, fixes, out = pets(tmp_path)
+    assert cli(export_args(root, fixes, out)) == 0
+    other = str(write_fixes(tmp_path, "1,,0,relabel,2", name="other.csv"))
+    real_do = placement.Step.do
+
+    def interrupted(step):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_do(step)
+    monkeypatch.setattr(placement.Step, "do", interrupted)
+    assert cli(export_args(root, other, out, "--overwrite")) == 0
+    assert "note: signal 2 came while the copy was put in place; the export finished" in capsys.readouterr().err
+    assert json.loads(open(f"{out}/manifest.json").read())["label_fixes"]["sha256"] == sha(other)
+    assert not leftovers(tmp_path)
+
+
+def test_an_undo_that_fails_keeps_the_earlier_copy(tmp_path, monkeypatch, capsys):
+    """Without the atomic exchange, an earlier folder copy is moved into the work folder before the new one goes in.
+    When the new one cannot go in and the earlier one cannot be moved back, the work folder stays (it holds the
+    earlier copy: before, it was deleted) and says so, and the next export to that path puts the copy back."""
+    root, fixes, out = pets(tmp_path)
+    assert cli(export_args(root, fixes, out)) == 0
+    earlier = snapshot(out)
+    monkeypatch.setattr(placement, "RENAMEAT2", None)
+    fail_step(monkeypatch, lambda step: step.b == out)
+    monkeypatch.setattr(placement.Step, "undo", lambda step: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    capsys.readouterr()
+    assert cli(export_args(root, str(write_fixes(tmp_path, "1,,0,drop,", name="o.csv")), out, "--overwrite")) == 1
+    err = capsys.readouterr().err
+    assert f"cannot put the copy in place at {out} (Input/output error), nor undo what was done (I/O error)" in err
+    assert not os.path.lexists(out) and len(leftovers(tmp_path)) == 1
+    monkeypatch.undo()
+    assert cli(export_args(root, fixes, out)) == 2  # put back first, then refused: it exists
+    assert snapshot(out) == earlier and not leftovers(tmp_path)
+
+
+def test_a_work_folder_is_alive_while_its_lock_is_held(tmp_path):
+    """Whether the export that made a work folder still runs is read off the lock on its marker, not off a host name
+    and a process id (two containers with one host name and their own process ids share a volume): a folder whose
+    lock is held stays, whatever process id it names; one whose lock is free goes, even if its process id runs."""
+    root, fixes, out = pets(tmp_path)
+    marker = {"made_by": "export_fixed_data.py", "host": socket.gethostname(), "liveness": "flock"}
+    held = tmp_path / ".pets_fixed.held.export"
+    free = tmp_path / ".pets_fixed.free.export"
+    for folder, pid in ((held, 999999), (free, os.getpid())):
+        (folder / "copy").mkdir(parents=True)
+        (folder / "made_by.json").write_text(json.dumps(dict(marker, pid=pid)))
+    with open(held / "made_by.json") as f:  # another open file: flock treats it as another holder
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert cli(export_args(root, fixes, out)) == 0
+        assert held.is_dir() and not free.exists()
 
 
 # ---------------------------------------------------------------------------- failed, interrupted, repeated exports
@@ -361,20 +552,35 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, capsys, earlier_e
     assert (snapshot(out) == earlier) if earlier_export else not os.path.lexists(out)
 
 
-def test_a_failed_swap_puts_the_earlier_copy_back(tmp_path, monkeypatch):
+@pytest.fixture(params=["exchange", "no exchange"])
+def renames(request, monkeypatch):
+    """Each test twice: with the atomic exchange of Linux file systems, and without it (another system, or a file
+    system without it: the earlier copy moved aside, and files moved in by a hard link and an unlink)."""
+    if request.param == "no exchange":
+        monkeypatch.setattr(placement, "RENAMEAT2", None)
+    else:
+        assert placement.exchange_works(os.getcwd()) or pytest.skip("this file system cannot exchange two paths")
+    return request.param
+
+
+def fail_step(monkeypatch, fails, error=None):
+    """Renames of the placement that raise where fails(step) says so (OSError EIO by default), after doing nothing."""
+    real = placement.Step.do
+
+    def do(step):
+        if fails(step):
+            raise error or OSError(errno.EIO, "Input/output error")
+        real(step)
+    monkeypatch.setattr(placement.Step, "do", do)
+
+
+def test_a_failed_swap_puts_the_earlier_copy_back(tmp_path, monkeypatch, renames):
     """The .npz copy and its manifest are two renames, the manifest's first: when the copy's fails, both earlier
     files come back."""
     path, fixes, out = small_npz(tmp_path)
     assert cli(npz_args(path, fixes, out)) == 0
     earlier = (sha(out), sha(out + ".manifest.json"))
-    real_rename, failed = os.rename, []
-
-    def rename(source, target):  # the new copy's rename fails, once
-        if target == out and str(source).endswith("copy.npz") and not failed:
-            failed.append(target)
-            raise OSError(errno.EIO, "Input/output error")
-        real_rename(source, target)
-    monkeypatch.setattr(os, "rename", rename)
+    fail_step(monkeypatch, lambda step: step.b == out and step.a.endswith("copy.npz"))
     with pytest.raises(export.RunError, match="cannot put the copy in place at .*b.npz: Input/output error"):
         export.export_npz(path, str(write_fixes(tmp_path, "0,,0,drop,", name="g.csv")), out, overwrite=True)
     assert (sha(out), sha(out + ".manifest.json")) == earlier and not leftovers(tmp_path)
@@ -399,7 +605,7 @@ def test_repeated_exports(tmp_path, capsys):
     mine = tmp_path / "mine"  # not an export: --overwrite does not delete it
     (mine / "photos").mkdir(parents=True)
     assert cli(export_args(root, fixes, str(mine), "--overwrite")) == 2 and (mine / "photos").is_dir()
-    assert f"--out {mine} exists and is not a copy written by export_fixed_data.py" in capsys.readouterr().err
+    assert f"--out {mine} exists and is not a copy exactly as export_fixed_data.py wrote it" in capsys.readouterr().err
 
 
 def assert_stopped_cleanly(returncode, stdout, stderr, sig, out, root, before):
@@ -460,9 +666,12 @@ def test_an_interrupt_no_library_can_swallow(tmp_path, sig):
 
 KILLED_AT_CALL = """
 import os, signal, sys
-import data.export
+import data.export, data.placement
 from export_fixed_data import cli
-module, name, n = {"os": os, "export": data.export}[sys.argv[1]], sys.argv[2], int(sys.argv[3])
+if sys.argv[1] == "no exchange":
+    data.placement.RENAMEAT2 = None
+module = {"export": data.export, "placement": data.placement}[sys.argv[2]]
+name, n = sys.argv[3], int(sys.argv[4])
 real, calls = getattr(module, name), []
 
 def killed_at_the_nth_call(*args, **kwargs):
@@ -471,39 +680,85 @@ def killed_at_the_nth_call(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # no clean-up runs, as with the OOM killer or a power loss
     return real(*args, **kwargs)
 setattr(module, name, killed_at_the_nth_call)
-sys.exit(cli(sys.argv[4:]))
+sys.exit(cli(sys.argv[5:]))
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset, earlier, function, n", [
-    ("folder", False, "export link_or_copy", 3),  # while the files are written
-    ("folder", True, "os rename", 2),  # the earlier copy moved aside, the new one not yet in
-    ("npz", False, "os rename", 2),  # between the manifest's rename and the copy's
-    ("npz", True, "os rename", 4)])  # the earlier pair moved aside, the new manifest in, not the copy
-def test_a_killed_export_leaves_nothing_in_the_way(tmp_path, dataset, earlier, function, n):
-    """A real process killed with SIGKILL at a chosen step (it kills itself there: no clean-up runs) leaves its work
-    folder, and a copy never without its manifest; the same command again writes the copy, removes the work folder
-    and leaves a folder of the user's with a name alike as it is."""
-    more = ["--overwrite"] if earlier else []
+def killed_export(renames, function, n, argv):
+    """export_fixed_data.py with argv in a real process that kills itself (SIGKILL) at the n-th call of function
+    ("module name"); True when it was killed, False when it finished first."""
+    process = subprocess.run([sys.executable, "-c", KILLED_AT_CALL, renames, *function.split(), str(n), *argv],
+                             cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=60)
+    assert process.returncode in (0, -signal.SIGKILL), process.stderr
+    return process.returncode == -signal.SIGKILL
+
+
+def kill_case(tmp_path, dataset, earlier):
+    """For a kill test: (argv of an export, --out, what is at --out: "earlier", "new", "nothing" or "something else",
+    and a function that puts the state before the export back). With `earlier`, an earlier copy (of other fixes) is
+    at --out and the export replaces it. For an .npz file the copy decides: its manifest is checked on its own."""
     if dataset == "folder":
         root, fixes, out = pets(tmp_path)
-        argv = export_args(root, fixes, out, *more)
+        argv = export_args(root, fixes, out)
+        other = export_args(root, str(write_fixes(tmp_path, "1,,0,relabel,2", name="other.csv")), out)
+        content = lambda: snapshot(out)  # noqa: E731
     else:
         path, fixes, out = small_npz(tmp_path)
-        argv = npz_args(path, fixes, out, *more)
-    if earlier:
-        assert cli(argv) == 0
+        argv = npz_args(path, fixes, out)
+        other = npz_args(path, str(write_fixes(tmp_path, "0,,0,drop,", name="other.csv")), out)
+        content = lambda: sha(out)  # noqa: E731
+
+    def reset():
+        for path in (out, out + ".manifest.json"):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        if earlier:
+            assert cli(other) == 0
+        return content() if earlier else None
+    assert cli(argv) == 0
+    new = content()
+    before = reset()
+
+    def at_out():
+        if not os.path.lexists(out):
+            return "nothing"
+        found = content()
+        return "earlier" if earlier and found == before else "new" if found == new else "something else"
+    return argv + (["--overwrite"] if earlier else []), out, at_out, reset
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, earlier", [("folder", False), ("folder", True), ("npz", False), ("npz", True)])
+def test_a_killed_export_leaves_nothing_in_the_way(tmp_path, dataset, earlier, renames):
+    """A real process killed with SIGKILL (it kills itself: no clean-up runs) while it writes the copy, and after the
+    plan and after each rename of its placement, leaves at --out the earlier copy or the new one, complete, and never
+    a copy without its manifest: with the atomic exchange at every moment; without it, nothing may be there between
+    the two renames, until the next export puts the earlier copy back. The next export to the same path first undoes
+    a placement killed half-way (after which the copy at --out, if any, is complete with its own manifest), removes
+    the work folder and leaves a folder of the user's with a name alike as it is."""
+    argv, out, at_out, reset = kill_case(tmp_path, dataset, earlier)
     mine = tmp_path / f".{os.path.basename(out)}.mine.export"  # not made by an export: no marker
     (mine / "photos").mkdir(parents=True)
-    process = subprocess.run([sys.executable, "-c", KILLED_AT_CALL, *function.split(), str(n), *argv], cwd=ROOT,
-                             env=script_env(), capture_output=True, text=True, timeout=60)
-    assert process.returncode == -signal.SIGKILL, process.stderr
-    assert len(leftovers(tmp_path)) == 2  # its work folder and mine
-    assert not os.path.lexists(out) or export.is_export(out, dataset)  # a copy is never without its manifest
-
-    assert cli(argv) == 0
-    assert export.is_export(out, dataset) and leftovers(tmp_path) == [mine.name] and (mine / "photos").is_dir()
+    before = "earlier" if earlier else "nothing"
+    kills = [("export link_or_copy", 2)] if dataset == "folder" else []
+    kills += [("placement _fsync_folder", n) for n in range(1, 12)]
+    seen = set()
+    for function, n in kills:
+        if not killed_export(renames, function, n, argv):  # it finished before that call: killed after every step
+            assert at_out() == "new" and export.is_export(out, dataset) and leftovers(tmp_path) == [mine.name]
+            break
+        seen.add(at_out())
+        assert at_out() in {before, "new"} | ({"nothing"} if renames == "no exchange" else set()), (function, n)
+        assert os.path.lexists(out + ".manifest.json") or not os.path.lexists(out) or dataset == "folder"
+        assert len(leftovers(tmp_path)) == 2  # its work folder and mine
+        export.recover_killed_exports(out)  # what the next export does first
+        assert at_out() in {before, "new"}, (function, n)
+        assert at_out() == "nothing" or export.is_export(out, dataset)  # the copy with its own manifest
+        assert leftovers(tmp_path) == [mine.name] and (mine / "photos").is_dir()
+        reset()
+    assert seen >= {before, "new"} and function.endswith("_fsync_folder"), seen  # before and after it went in
 
 
 def test_only_the_work_folders_of_killed_exports_are_removed(tmp_path):
@@ -658,8 +913,8 @@ def test_a_file_gone_while_copying_is_one_line(tmp_path, monkeypatch, capsys):
     root, fixes, out = pets(tmp_path)
     real = export.folder_listing
 
-    def list_then_lose_a_file(folder):
-        listed = real(folder)
+    def list_then_lose_a_file(folder, *walked):
+        listed = real(folder, *walked)
         os.remove(f"{root}/train/dog/2.png")
         return listed
     monkeypatch.setattr(export, "folder_listing", list_then_lose_a_file)
