@@ -118,12 +118,24 @@ def test_flat_curves_split_by_the_plateau_rule_are_premature(num_classes):
     assert premature_split(confidence[:found + 1], learnt_fit[:found + 1], num_classes) is None
 
 
-def test_the_learnt_share_is_the_line():
-    """Just below the line a plateau split warns, just above it it does not (10 classes: the line is 0.19)."""
-    line = 0.1 + LEARNT_SHARE * 0.9
+@pytest.mark.parametrize("num_classes, line", [(2, 0.536), (10, 0.126), (100, 0.0158)])
+def test_the_learnt_share_is_the_line(num_classes, line):
+    """Just below the line a plateau split warns, just above it it does not: a tenth of the way from chance to 1 on
+    a log scale."""
+    assert (1 / num_classes) ** (1 - LEARNT_SHARE) == pytest.approx(line, abs=5e-4)
     confidence = [0.15] * 8
-    assert premature_split(confidence, [line - 0.001] * 8, 10) is not None
-    assert premature_split(confidence, [line + 0.001] * 8, 10) is None
+    assert premature_split(confidence, [line - 0.001] * 8, num_classes) is not None
+    assert premature_split(confidence, [line + 0.001] * 8, num_classes) is None
+
+
+@pytest.mark.parametrize("num_classes, fit", [(100, 0.05), (10, 0.15)])
+def test_healthy_plateaus_of_many_classes_or_mostly_wrong_labels_do_not_warn(num_classes, fit):
+    """A real plateau can fit the given labels little: 100 classes (CIFAR-100N), or most labels wrong. With the line
+    a tenth of the way from chance on a linear scale (0.109 and 0.19 here), these warned that nothing was learnt."""
+    rng = np.random.default_rng(5)
+    confidence = (0.4 + rng.normal(0, 0.001, 12)).tolist()
+    learnt = (np.r_[np.linspace(1 / num_classes, fit, 4), np.full(8, fit)] + rng.normal(0, 0.0005, 12)).tolist()
+    assert premature_split(confidence, learnt, num_classes) is None
 
 
 def test_reference_rule_is_find_tipping_epoch():

@@ -36,7 +36,6 @@ from data.fixes import as_row, drop_row, fix_row, run_dir_suffix, write_label_fi
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split  # noqa: E402
 from utils.flagging import probabilities  # noqa: E402
 from utils.label_issues import in_dataset_order, read_label_issues  # noqa: E402
-from utils.tipping import history_slots  # noqa: E402
 
 TRAINING = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 CHOSEN_ON = ("digits lookalike 25", "digits uniform 20", "digits pair 25")  # the digits: a real source, both models
@@ -49,13 +48,10 @@ WORST_SEED = -0.5  # points: a policy that costs a seed more than this against t
 # ---------------------------------------------------------------------------- what a run's detection offers
 def last_passes(run_dir, metrics):
     """(agreement probabilities (passes, N, C), the teacher's predicted classes (passes, N)) of the last full-set
-    passes a run held when it split: the passes it recorded with --record_passes (utils.history: the found epoch's
-    own pass only where it is the tipping epoch)."""
-    found, tipping = metrics["tipping_found_epoch"], metrics["tipping_epoch"]
-    newest = found if tipping == found else found - 1
-    slots = history_slots(metrics["tipping_rule"])
+    passes a run held when it split, as its metrics.json names them (label_issues_passes), from the passes it
+    recorded with --record_passes."""
     probs, teacher = [], []
-    for epoch in range(newest - slots + 1, newest + 1):
+    for epoch in metrics["label_issues_passes"]["last"]:
         with np.load(os.path.join(run_dir, "passes", f"epoch_{epoch:04d}.npz")) as z:
             probs.append(probabilities(z["teacher_logits"], z["student_logits"])[0])
             teacher.append(z["teacher_logits"].argmax(axis=1))

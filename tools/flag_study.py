@@ -36,7 +36,7 @@ from flag_cuts import CUTS  # noqa: E402
 from utils.flagging import FLAGGED_CUT, TEACHER_SPARES, flag_labels, probabilities  # noqa: E402
 from utils.metrics import auroc, average_precision  # noqa: E402
 from utils.bkd import precision_recall_f1  # noqa: E402
-from utils.tipping import DEFAULT_RULE, TIPPING_RULES, find_tipping, history_slots  # noqa: E402
+from utils.tipping import DEFAULT_RULE, TIPPING_RULES, find_tipping, held_passes  # noqa: E402
 
 THIS = os.path.abspath(__file__)
 NOISY = {"synthetic": ["aggre", "worst", "rand1"], "digits": ["5", "25"]}
@@ -243,11 +243,11 @@ def score_cuts(results, name, run, tipping, found, rule, data, peer, args):
     from cleanlab.filter import find_label_issues
     labels, wrong = data.noisy_labels, data.noise_or_not
     agree, student_probs, _, n_train = pass_probabilities(run, tipping)
-    # the passes a run holds when it splits (utils.tipping.history_slots of them, the newest last): the found
-    # epoch's own pass only where it is the tipping epoch
-    slots = history_slots(rule)
-    newest = found if tipping == found else found - 1
-    last = [pass_probabilities(run, e) for e in range(newest - slots + 1, newest + 1)]
+    # the passes a run holds when it splits: as a real run's metrics.json names them, or as a replay would hold them
+    metrics = run.metrics() or {}
+    held = (metrics.get("label_issues_passes") or {}).get("last") or held_passes(rule, tipping, found)
+    slots = len(held)
+    last = [pass_probabilities(run, e) for e in held]
     recent, teacher_predicted = np.mean([p[0] for p in last], axis=0), np.stack([p[2] for p in last])
     # one run until its split: two networks trained on n_train images an epoch, and a full-set pass of both after each
     # epoch up to the one that finds the tipping epoch (that one only where it is the tipping epoch)

@@ -105,7 +105,17 @@ def history_slots(rule):
     return max(4, TIPPING_RULES[rule][1] + 1)
 
 
-LEARNT_SHARE = 0.1  # a pair whose training fit is within this share of the way from chance to 1 has not learnt yet
+def held_passes(rule, tipping, found):
+    """The epochs of the full-set passes a run of `rule` holds when it splits at the end of epoch `found` with tipping
+    epoch `tipping`, oldest first: history_slots(rule) of them, the newest the found epoch's own pass only where it
+    is the tipping epoch (a run makes no pass at the end of an epoch that cannot be the tipping one). What a replay
+    of recorded passes needs; a run records its own in metrics.json (label_issues_passes)."""
+    newest = found if tipping == found else found - 1
+    return list(range(newest - history_slots(rule) + 1, newest + 1))
+
+
+LEARNT_SHARE = 0.1  # a pair whose training fit is within this share of the way from chance to 1, on a log scale,
+# has not learnt yet (on a linear scale, healthy plateaus of many classes or mostly wrong labels fell below the line)
 
 
 def premature_split(confidence, fit, num_classes, patience=PATIENCE):
@@ -115,8 +125,9 @@ def premature_split(confidence, fit, num_classes, patience=PATIENCE):
       plateau rule waits for, or the training fit five times its share (the reference rule's early splits; a plateau
       split cannot be one, since it waited for less);
     - nothing was learnt: the training fit, the mean agreement on the given labels, is still within LEARNT_SHARE of
-      the way from chance (1 / num_classes, what two untrained networks agree on) to 1. Flat curves pass for a
-      plateau, so this is the warning a plateau split can carry (a learning rate too small, or far too large).
+      the way from chance (1 / num_classes, what two untrained networks agree on) to 1 on a log scale, below
+      chance ** (1 - LEARNT_SHARE): 0.126 for 10 classes, 0.016 for 100. Flat curves pass for a plateau, so this is
+      the warning a plateau split can carry (a learning rate too small, or far too large).
     The histories end with the epoch the split was made at."""
     patience = min(patience, len(confidence) - 1)  # a split after fewer epochs: are the curves above their first epoch?
     reasons = []
@@ -131,8 +142,8 @@ def premature_split(confidence, fit, num_classes, patience=PATIENCE):
         return (f"learning was still rising when the split was made (epoch {epoch}): over the last {patience} "
                 f"epochs {' and '.join(reasons)}")
     chance = 1.0 / num_classes
-    if fit[-1] < chance + LEARNT_SHARE * (1.0 - chance):
+    if fit[-1] < chance ** (1 - LEARNT_SHARE):
         return (f"nothing was learnt yet when the split was made (epoch {epoch}): the training fit is {fit[-1]:.4f}, "
-                f"within {LEARNT_SHARE:.0%} of the way from chance ({chance:.4f}, {num_classes} classes) to 1; check "
-                f"the learning rate and the data")
+                f"within {LEARNT_SHARE:.0%} of the way from chance ({chance:.4f}, {num_classes} classes) to 1 on a log "
+                f"scale (below {chance ** (1 - LEARNT_SHARE):.4f}); check the learning rate and the data")
     return None
