@@ -28,15 +28,12 @@ from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
 from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, resolve_precision, seed_everything,
                           synchronize)
-from utils.flagging import FLAGGED_CUT, flag_labels
+from utils.findings import FINAL_CUT, FINAL_SEED, SPLIT_CUT, SPLIT_NAMES, Findings, record_final
 from utils.history import PassHistory
-from utils.label_issues import write_label_issues
 from utils.metrics import detection_report
 from utils.step import TrainStep, graph_capturable
-from utils.tipping import find_tipping, history_slots, premature_split
-
-SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
-
+from utils.tipping import DEFAULT_RULE, find_tipping, history_slots, premature_split
+from utils.watch import Watch, has_fallen
 
 MAIN_PROCESS = True  # under torchrun only rank 0 logs and writes files
 
@@ -165,12 +162,16 @@ def main(args):
         log(history.describe())
     groups = torch.zeros(n_train, dtype=torch.long, device=device)  # 0 = before the split: one-hot targets
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
+    findings = Findings(data, out_dir, args.detection_npy, MAIN_PROCESS)  # detection at the split, judgement at the end
+    watching = len(val_idx) > 0 and args.tipping_rule != "none"  # the noisy validation accuracy of every epoch
+    watch = Watch(guard=watching and args.guard and args.tipping_rule == DEFAULT_RULE)
 
     metrics = dict(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
                    cuda_graph=use_graph, label_fixes=fixes, confidence=[], train_fit=[],
                    tipping_rule=args.tipping_rule, tipping_epoch=None, tipping_found_epoch=None, tipping_evidence=None,
                    train_split=None, detection_split=None, group_sizes=None, label_issues_passes=None, detection=None,
-                   flagged=None, val=[], test=[], best_val_accuracy=None, best_epoch=None, final_test_accuracy=None,
+                   split_flagged=None, flagged=None, judged_by=None, val=[], val_every_epoch=[], watch=None,
+                   went_back=None, test=[], best_val_accuracy=None, best_epoch=None, final_test_accuracy=None,
                    warnings=[], finished=False)
     start_epoch, resume_epoch = 0, None
     if state is not None:
@@ -184,6 +185,8 @@ def main(args):
         elif history is not None:
             history.load(state["pass_history"])
         groups.copy_(state["groups"])
+        findings.load(state["findings"])
+        watch.load(state["watch"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
         metrics.update(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
@@ -200,7 +203,8 @@ def main(args):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
                     student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     train_agree=train_agree, pass_history=None if history is None else history.state(),
-                    groups=groups, rng=rng_states(generator), metrics=metrics)
+                    groups=groups, findings=findings.state(), watch=watch.state(), rng=rng_states(generator),
+                    metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,31 +282,20 @@ def main(args):
                 metrics["warnings"].append(f"the split at epoch {epoch} (tipping epoch {tipping}) looks premature: "
                                            f"{premature}; accuracy and detection may suffer")
                 log(f"WARNING: {metrics['warnings'][-1]}")
-            agreements = train_agree[tipping % n_slots].cpu().numpy()  # recorded during the tipping epoch
-            split = otsu_or_warn(agreements, "train_split", "plain one-hot training continues", metrics)
-            if split is not None:
-                groups = torch.as_tensor(assign_groups(agreements, split), device=device)
-                metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
-                log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))
-                if not same_on_all_ranks(torch.cat([groups, torch.tensor([tipping], device=device)])):
-                    raise RunError("ranks disagree on the tipping epoch or the groups; please report this")
-                if world > 1:
-                    log(f"all {world} ranks agree on the tipping epoch and the groups")
-            # Detection: the same split of the full-set pass of the tipping epoch, and the flagged labels of the
-            # last passes (images dropped by --label_fixes are outside both, never flagged); rank 0 writes it
-            if history is not None:
-                metrics["label_issues_passes"] = dict(tipping=tipping, last=history.epochs())
-                log(f"label_issues.csv: agreement_given and group from the pass of epoch {tipping} (the tipping "
-                    f"epoch); suggested_label, agreement_suggested and flagged from the passes of epochs "
-                    f"{', '.join(map(str, history.epochs()))}, averaged")
-                metrics.update(detect(history.on_label[tipping % n_slots].numpy(), *history.recent(), data, args,
-                                      out_dir, metrics))
+            # the groups of the training split, from the agreements recorded during the tipping epoch
+            groups = training_groups(train_agree[tipping % n_slots], tipping, metrics, world, groups)
+            if history is not None:  # rank 0: the detection (utils.findings)
+                metrics.update(detect(findings, history, tipping, data, args, metrics))
             history = None  # freed: the state shrinks
+            watch.keep(teacher, student, optimizer)
 
-        # ------------------------------------------------------------ evaluation
+        # ------------------------------------------------------------ evaluation, and the watch after the split
         last = epoch == args.n_epoch - 1
-        if epoch % args.noisy_val_freq == 0 or last:
-            val_acc = accuracy(eval_teacher, eval_student, val_batches, precision)
+        due = epoch % args.noisy_val_freq == 0 or last
+        val_acc = accuracy(eval_teacher, eval_student, val_batches, precision) if due or watching else None
+        if watching:
+            metrics["val_every_epoch"].append(val_acc)
+        if due:
             metrics["val"].append(dict(epoch=epoch, accuracy=val_acc))
             log(f"noisy validation accuracy: {val_acc:.2f} % (epoch {epoch})")
             if val_acc > best_val:
@@ -316,6 +309,8 @@ def main(args):
             test_acc = accuracy(eval_teacher, eval_student, test_batches, precision)
             metrics["test"].append(dict(epoch=epoch, accuracy=test_acc))
             log(f"clean test accuracy: {test_acc:.2f} % (epoch {epoch})")
+        if watching and watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
+            groups.zero_()  # back on the given labels, one-hot, for the rest of the schedule
         if MAIN_PROCESS:
             save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch))  # a crash from here on loses nothing
             save_json(f"{out_dir}/metrics.json", metrics)
@@ -323,7 +318,8 @@ def main(args):
             raise RunError(f"interrupted after epoch {epoch}; the state is saved in {out_dir}: continue with the "
                            f"same command and --resume", exit_code=128 + (stop_signal or [signal.SIGTERM])[0])
 
-    # ------------------------------------------------------------------ report
+    # ------------------------------------------------------------------ the final networks judge, report
+    metrics.update(judge(findings, eval_teacher, eval_student, full_batches, generator, precision, data, args, metrics))
     metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"] if metrics["test"] else None  # None: no test set
     metrics["wall_time_s"] = metrics.get("wall_time_s", 0.0) + time.time() - t0  # summed over resumed parts
     metrics["finished"] = True
@@ -348,7 +344,8 @@ def main(args):
                   for what, d in ((f"detection.npy ({args.detection_npy}) flags", metrics["detection"]),
                                   ("label_issues.csv flags", metrics["flagged"]))]
         log(f"tipping epoch {metrics['tipping_epoch']} ({args.tipping_rule} rule); {'; '.join(scored)}; the ranked "
-            f"table is {out_dir}/label_issues.csv")
+            f"table ({'the final networks' if metrics['judged_by'] == 'final' else 'the split'} judged) is "
+            f"{out_dir}/label_issues.csv")
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
     log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
@@ -369,39 +366,128 @@ def otsu_or_warn(values, key, consequence, metrics):
     return split
 
 
-def detect(scores, recent_probs, teacher_predicted, data, args, out_dir, metrics):
-    """Detection at the split, from the agreement on each label of the full-set pass of the tipping epoch (N, dataset
-    order: the ranking), the agreement of every class averaged over the last passes (N, C) and the teacher's predicted
-    classes of the last passes (passes, N): G4 of the modified Otsu split of the tipping pass's agreement on the label
-    (the reference's detection), and the labels utils.flagging.flag_labels flags (what label_issues.csv flags);
-    writes detection.npy (G4, or the flagged labels with --detection_npy flagged), detection_scores.npy and
-    label_issues.csv. Returns the metrics of both."""
-    kept, labels, truly_noisy = data.kept, data.noisy_labels, data.noise_or_not
-    suggested, suggested_agree = recent_probs.argmax(axis=1), recent_probs.max(axis=1)
-    split = otsu_or_warn(scores[kept], "detection_split", "nothing in G4", metrics)
-    groups = None if split is None else assign_groups(scores, split)
-    g4 = np.zeros(len(labels), dtype=bool) if split is None else (groups == 4) & kept
-    flagged = flag_labels(recent_probs, labels, teacher_predicted) & kept
-    detection = g4 if args.detection_npy == "g4" else flagged
-    if MAIN_PROCESS:
-        save_npy(f"{out_dir}/detection.npy", detection)
-        save_npy(f"{out_dir}/detection_scores.npy", scores.astype(np.float32))
-        write_label_issues(f"{out_dir}/label_issues.csv", labels, suggested, scores, suggested_agree, groups, flagged,
-                           data.class_names, data.train_files, data.dropped)
+def training_groups(agreements, tipping, metrics, world, groups):
+    """The groups 1..4 of the training split (the modified Otsu split of the agreements recorded during the tipping
+    epoch), checked to be the same on every rank; `groups` as they were (one-hot) where no split is possible."""
+    agreements = agreements.cpu().numpy()
+    split = otsu_or_warn(agreements, "train_split", "plain one-hot training continues", metrics)
+    if split is None:
+        return groups
+    groups = torch.as_tensor(assign_groups(agreements, split), device=groups.device)
+    metrics["group_sizes"] = {g: int((groups == g).sum()) for g in range(1, 5)}
+    log("group sizes: " + ", ".join(f"G{g} {n}" for g, n in metrics["group_sizes"].items()))
+    if not same_on_all_ranks(torch.cat([groups, torch.tensor([tipping], device=groups.device)])):
+        raise RunError("ranks disagree on the tipping epoch or the groups; please report this")
+    if world > 1:
+        log(f"all {world} ranks agree on the tipping epoch and the groups")
+    return groups
+
+
+def detect(findings, history, tipping, data, args, metrics):
+    """Detection at the split (utils.findings): the same split of the tipping epoch's full-set pass of the held
+    passes (history), and the flags of their average (images dropped by --label_fixes are outside both, never
+    flagged): writes detection.npy (G4) and detection_scores.npy, logs the split and both, and what label_issues.csv
+    will be; returns the metrics of G4 and of the split's flags."""
+    scores = history.on_label[tipping % len(history.epoch)].numpy()
+    metrics["label_issues_passes"] = dict(tipping=tipping, last=history.epochs())
+    g4, flagged, split = findings.at_split(scores, *history.recent())
+    log(f"label_issues.csv comes at the end of the run (epoch {args.n_epoch - 1}), from the final networks' passes; "
+        f"its agreement_given and group are those of the pass of epoch {tipping} (the tipping epoch, as detection.npy),"
+        f" and where the final networks cannot be trusted its ranking and flags are the split's (the passes of epochs "
+        f"{', '.join(map(str, history.epochs()))}, averaged)")
+    if isinstance(split, str):
+        metrics["warnings"].append(f"detection split impossible, nothing in G4: {split}")
+        log(f"WARNING: {metrics['warnings'][-1]}")
+    else:
+        log_split("detection split", split)
+        metrics["detection_split"] = dict(zip(SPLIT_NAMES, split))
+    g4_name = "detection.npy (g4)" if args.detection_npy == "g4" else "G4 (detection.npy holds the flagged labels)"
+    return dict(detection=report(g4, scores, None, data, g4_name),
+                split_flagged=report(flagged, scores, None, data, f"flagged at the split ({SPLIT_CUT})"))
+
+
+def numbers(mask, scores, suggested, data):
+    """The detection numbers of a set of flagged labels (utils.metrics.detection_report) over the images kept; the
+    counts alone where the ground truth is unknown."""
+    kept, truly_noisy = data.kept, data.noise_or_not
+    if truly_noisy is None:
+        return dict(flagged=int(mask.sum()))
+    return detection_report(mask[kept], scores[kept], truly_noisy[kept], None if suggested is None else suggested[kept],
+                            data.clean_labels[kept])
+
+
+def report(mask, scores, suggested, data, what):
+    """numbers(), logged."""
+    kept = data.kept
     counted = f"{kept.sum()} labels" + ("" if kept.all() else " kept by the label fixes")
-    reports = {}
-    for key, mask, what in (("detection", detection, f"detection.npy ({args.detection_npy})"),
-                            ("flagged", flagged, f"flagged ({FLAGGED_CUT})")):
-        if truly_noisy is None:
-            reports[key] = dict(flagged=int(mask.sum()))
-            log(f"{what}: {mask.sum()} of {counted} (no clean labels to score them against)")
-            continue
-        reports[key] = d = detection_report(mask[kept], scores[kept], truly_noisy[kept], suggested[kept],
-                                            data.clean_labels[kept])
-        auroc = "undefined" if d["auroc"] is None else f"{d['auroc']:.4f}"  # None: no label is wrong
-        log(f"{what}: {mask.sum()} of {counted} (precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 "
-            f"{d['f1']:.4f}, AUROC {auroc} against the ground truth, for reporting only)")
-    return reports
+    d = numbers(mask, scores, suggested, data)
+    if data.noise_or_not is None:
+        log(f"{what}: {mask.sum()} of {counted} (no clean labels to score them against)")
+        return d
+    auroc = "undefined" if d["auroc"] is None else f"{d['auroc']:.4f}"  # None: no label is wrong
+    log(f"{what}: {mask.sum()} of {counted} (precision {d['precision']:.4f}, recall {d['recall']:.4f}, F1 "
+        f"{d['f1']:.4f}, AUROC {auroc} of its ranking against the ground truth, for reporting only)")
+    return d
+
+
+def watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
+    """The watch after an epoch past the split (utils.watch), until the run goes back to the labels: a warning when
+    the noisy-validation accuracy fell clearly, and, under the default rule, going back to the networks of the split
+    and the given labels when the soft targets make them worse. True when it went back."""
+    if metrics["tipping_epoch"] is None or epoch <= metrics["tipping_found_epoch"] or metrics["went_back"]:
+        return False
+    warning, back = watch.check(metrics, epoch)
+    if warning is not None:
+        metrics["warnings"].append(warning)
+        log(f"WARNING: {warning}")
+    if back:
+        watch.go_back(teacher, student, optimizer)
+        metrics["went_back"] = dict(metrics["watch"])
+        w = metrics["watch"]
+        metrics["warnings"].append(
+            f"the soft targets made the networks worse: {w['after']:.2f} % noisy-validation accuracy after the split "
+            f"against {w['before']:.2f} % before it ({-w['z']:.1f} times its noise); at epoch {epoch} the run went back "
+            f"to the networks of the split and to the given labels (one-hot) for the rest of the schedule; "
+            f"detection.npy is the split's, and so are label_issues.csv's ranking and flags")
+        log(f"WARNING: {metrics['warnings'][-1]}")
+    return back
+
+
+def final_passes(teacher, student, full_batches, generator, precision, args):
+    """The final networks' full-set passes: one without augmentation and one with, its crops and flips drawn afresh
+    from the run's seed (whatever the training drew: a resumed run makes the same), [(teacher logits, student
+    logits)] each; their time in the log."""
+    t0 = time.time()
+    plain = agreement_pass(teacher, student, full_batches.plain(), precision, keep_logits=True)[-2:]
+    generator.manual_seed(args.seed * FINAL_SEED + args.n_epoch - 1)
+    augmented = agreement_pass(teacher, student, full_batches, precision, keep_logits=True)[-2:]
+    synchronize(plain[0].device)
+    log(f"the final networks' two full-set passes: {time.time() - t0:.1f} s")
+    return [plain, augmented]
+
+
+def judge(findings, teacher, student, full_batches, generator, precision, data, args, metrics):
+    """The final networks' judgement (utils.findings) in a run that split: their passes (every rank takes its share),
+    then, in rank 0, label_issues.csv from them, or from the split where the run went back to the labels or its
+    noisy-validation accuracy fell clearly after the split; returns its metrics ({} where there is nothing to judge)."""
+    if metrics["tipping_epoch"] is None:
+        return {}
+    passes = final_passes(teacher, student, full_batches, generator, precision, args)
+    if findings.split is None:  # the other ranks (the pass history lives in rank 0), or no split was possible
+        return {}
+    trusted = metrics["went_back"] is None and not has_fallen(metrics)
+    ranking, flagged, judged, suggested = findings.final(passes, trusted)
+    if args.record_passes:
+        record_final(findings.out_dir, passes)
+    what = FINAL_CUT if judged == "final" else f"{SPLIT_CUT} (the split's: the final networks are not trusted)"
+    log(f"label_issues.csv: judged by the {'final networks' if judged == 'final' else 'split'}" +
+        ("" if trusted else (" (the run went back to the labels)" if metrics["went_back"] else
+                             " (the noisy-validation accuracy fell after the split)")))
+    # detection.npy's numbers again, with label_issues.csv's suggestions (how often they are right), as detection.py
+    # recomputes them from the run's files
+    g4 = findings.split["g4"] if args.detection_npy == "g4" else flagged
+    return dict(judged_by=judged, flagged=report(flagged, ranking, None, data, f"label_issues.csv flags ({what})"),
+                detection=numbers(g4, findings.split["scores"], suggested, data))
 
 
 def check_finite(first_bad, epoch, out_dir):

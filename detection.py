@@ -17,10 +17,10 @@ import numpy as np
 from data.fixes import as_row, file_sha256
 from utils import InputError
 from utils.bkd import precision_recall_f1
-from utils.flagging import FLAGGED_CUT
+from utils.findings import FINAL_CUT, SPLIT_CUT
 from utils.checkpoint import save_json
 from utils.cli import get_args_parser, load_data, run_dir, run_main
-from utils.label_issues import in_dataset_order, load_detection, load_scores, read_label_issues
+from utils.label_issues import in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues
 from utils.metrics import detection_report
 from utils.review import write_review_page
 
@@ -78,9 +78,11 @@ def main(args):
         baseline = precision_recall_f1(np.ones(kept.sum(), dtype=bool), truly_noisy[kept])[2]
         print(f"(flagging every label would score F1 {baseline:.4f})")
         if table is not None:
+            column_name = ranking_column(run_metrics(out_dir))
             report["flagged_column"] = column = detection_report(
-                in_dataset_order(table, "flagged")[kept], None, truly_noisy[kept])
-            print(f"flagged in label_issues.csv ({FLAGGED_CUT}): {column['flagged']}, precision "
+                in_dataset_order(table, "flagged")[kept], in_dataset_order(table, column_name)[kept], truly_noisy[kept])
+            report["flagged_column"]["ranking"] = column_name
+            print(f"flagged in label_issues.csv ({flagged_cut(out_dir)}): {column['flagged']}, precision "
                   f"{column['precision']:.4f}, recall {column['recall']:.4f}, F1 {column['f1']:.4f} (G4's F1 "
                   f"{g4_f1(table, kept, truly_noisy):.4f})")
         for line in ranking_lines(report):
@@ -98,12 +100,28 @@ def main(args):
         return
     print(no_suggested_fixes_line(os.path.join(out_dir, "label_fixes_suggested.csv")))
     path = os.path.join(out_dir, "review.html")
-    cards = review_cards(table, data, args.review_max_images)
+    cards = review_cards(table, data, args.review_max_images, ranking_column(run_metrics(out_dir)))
     size = write_review_page(path, run=review_header(args, out_dir, data, table, report, len(cards)),
                              cards=cards, images=data.train_images[[c["index"] for c in cards]],
                              class_names=class_names(data), storage_key=storage_key(out_dir),
                              base_fixes=[] if fixes is None else [as_row(fix) for fix in data.label_fixes.rows])
     print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
+
+
+def run_metrics(out_dir):
+    """The run's metrics.json as a dict ({} when it cannot be read: a run copied without it)."""
+    try:
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def flagged_cut(out_dir):
+    """What label_issues.csv's flagged column flags, in words."""
+    judged = run_metrics(out_dir).get("judged_by")
+    return FINAL_CUT if judged == "final" else SPLIT_CUT + ("" if judged is None else " (judged at the split)")
 
 
 def g4_f1(table, kept, truly_noisy):
@@ -135,6 +153,11 @@ def ranking_lines(report):
                   f"AUROC is {_number(report['auroc'])}",
                   f"average precision is {_number(report['average_precision'])}",
                   f"precision at k = {report['k']} (the number truly noisy) is {_number(report['precision_at_k'])}"]
+    column = report.get("flagged_column", {})
+    if column.get("auroc") is not None:
+        lines.append(f"ranking by label_issues.csv's order ({column['ranking']}): AUROC {_number(column['auroc'])}, "
+                     f"average precision {_number(column['average_precision'])}, precision at k = {column['k']} "
+                     f"{_number(column['precision_at_k'])}")
     if "suggestion_accuracy" in report:
         lines.append(f"suggested label = true label for {report['suggestion_correct']} of the "
                      f"{report['flagged_truly_noisy']} flagged images that are truly mislabelled "
@@ -148,16 +171,17 @@ def uncertain_rows(table):
     return np.isin(np.asarray(table["group"]), ("3", "4")) & ~np.asarray(table["flagged"])
 
 
-def review_cards(table, data, cap):
+def review_cards(table, data, cap, score_column="agreement_given"):
     """The images to review, in the table's order (from the most suspicious down): the flagged ones (the flagged
-    column, card group 4), then the uncertain ones (uncertain_rows, card group 3), at most `cap` in all."""
+    column, card group 4), then the uncertain ones (uncertain_rows, card group 3), at most `cap` in all; each card's
+    score is the table's ranking column."""
     cards = []
     for group, rows in ((4, np.asarray(table["flagged"])), (3, uncertain_rows(table))):
         for row in np.flatnonzero(rows)[:cap - len(cards)]:
             i = int(table["index"][row])
             cards.append(dict(index=i, file=table["file"][row], given=int(table["given_label"][row]),
                               original=int(data.labels_on_disk[i]), suggested=int(table["suggested_label"][row]),
-                              score=float(table["agreement_given"][row]),
+                              score=float(table[score_column][row]),
                               suggested_score=float(table["agreement_suggested"][row]), group=int(group),
                               truth=None if data.clean_labels is None else int(data.clean_labels[i])))
     return cards
@@ -165,19 +189,15 @@ def review_cards(table, data, cap):
 
 def review_header(args, out_dir, data, table, report, shown):
     """The facts the page's header shows."""
-    path = os.path.join(out_dir, "metrics.json")
-    try:
-        with open(path) as f:
-            tipping_epoch = json.load(f).get("tipping_epoch")
-    except (OSError, ValueError, AttributeError):
-        tipping_epoch = None  # a run copied without its metrics: the page says "unknown"
-    # the page flags the flagged column: its precision, recall and F1, with the ranking's AUROC and AP
-    flagged_scores = {k: report["flagged_column"][k] for k in ("precision", "recall", "f1")} if "f1" in report else {}
+    tipping_epoch = run_metrics(out_dir).get("tipping_epoch")  # None without metrics.json: the page says "unknown"
+    # the page shows the flagged column in the table's order: its precision, recall and F1, and that order's AUROC
+    # and AP (the final networks' ranking where they judged, else the tipping pass's, detection_scores.npy)
+    column = report.get("flagged_column", {})
+    scores = {k: column.get(k, report.get(k)) for k in ("precision", "recall", "f1", "auroc", "average_precision")}
     return dict(dataset=args.dataset, noise_type=args.noise_type, seed=args.seed, tipping_epoch=tipping_epoch,
                 images=len(data.noisy_labels), flagged=int(np.sum(table["flagged"])),
                 uncertain=int(uncertain_rows(table).sum()), shown=shown, cap=args.review_max_images,
-                detection=dict(flagged_scores, auroc=report.get("auroc"),
-                               average_precision=report.get("average_precision")) if "f1" in report else None,
+                detection=scores if "f1" in report else None,
                 label_fixes=None if data.label_fixes is None else data.label_fixes.info, dropped=int(np.sum(~data.kept)))
 
 

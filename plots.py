@@ -8,7 +8,7 @@ import numpy as np
 
 from utils import InputError
 from utils.cli import get_args_parser, load_data, run_dir, run_main
-from utils.label_issues import in_dataset_order, load_detection, load_scores, read_label_issues
+from utils.label_issues import in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues
 from utils.plots import (confidence_figure, precision_recall_figure, pyplot, save_figure, scores_figure,
                          suspicious_figure)
 
@@ -56,7 +56,8 @@ def main(args):
     if truly_noisy is not None:
         figures["precision_recall.png"] = precision_recall_figure(plt, scores[kept], flagged[kept], truly_kept,
                                                                   in_dataset_order(table, "flagged")[kept])
-    figures["suspicious_images.png"] = suspicious_figure(plt, data.train_images, table, truly_noisy)
+    column = ranking_column(metrics)  # the table's order
+    figures["suspicious_images.png"] = suspicious_figure(plt, data.train_images, table, truly_noisy, score_column=column)
     for name, fig in figures.items():
         path = os.path.join(out_dir, name)
         save_figure(plt, fig, path)

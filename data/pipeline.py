@@ -2,6 +2,8 @@
 (4 pixels for CIFAR's 32); every batch is gathered, randomly cropped and flipped per image, and normalised with a
 few batched tensor ops. No PIL, no DataLoader workers, no per-image Python. Batches carry each sample's position
 in its split. The image size is read off the arrays, so any square size works with the same calls."""
+import copy
+
 import numpy as np
 import torch
 
@@ -59,6 +61,12 @@ class DeviceBatches:
         self.batch_size, self.augment, self.flip_first = batch_size, augment, flip_first
         self.shuffle, self.generator, self.channels_last = shuffle, generator, channels_last
         self.rank, self.world_size = rank, world_size  # under torchrun each rank takes every world_size-th sample
+
+    def plain(self):
+        """The same split without augmentation (the test transform), in the same order."""
+        plain = copy.copy(self)
+        plain.augment = False
+        return plain
 
     def __len__(self):
         return (len(self.indices) + self.batch_size - 1) // self.batch_size

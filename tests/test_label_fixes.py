@@ -18,7 +18,7 @@ from tests.conftest import ROOT, run
 from tests.test_own_data import write_folder
 from utils import InputError, printable_path
 from utils.cli import check_args, get_args_parser, run_dir
-from utils.label_issues import in_dataset_order, read_label_issues, write_label_issues
+from utils.label_issues import in_dataset_order, ranking_column, read_label_issues, write_label_issues
 from utils.summary import collect
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -216,7 +216,9 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     flagged = np.load(d / "detection.npy")
     assert flagged.shape == (100,) and not flagged[dropped].any()
     table = read_label_issues(d / "label_issues.csv", 100)
-    assert table["index"][-5:].tolist() == sorted([1, 2, 4, 5, 7], key=lambda i: np.load(d / "detection_scores.npy")[i])
+    column = ranking_column(m)  # the ranking's score: the final networks' where they judged
+    ranking = dict(zip(table["index"].tolist(), table[column].tolist()))
+    assert table["index"][-5:].tolist() == sorted([1, 2, 4, 5, 7], key=lambda i: ranking[i])  # dropped: last, ranked
     assert table["group"][-5:] == ["dropped"] * 5 and not table["flagged"][-5:].any()
     assert "dropped" not in table["group"][:-5]
     assert table["given_label"][list(table["index"]).index(3)] == clean[3]  # the label after the fixes
@@ -230,8 +232,8 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     assert lines[2] == "truly noisy: 24"  # the reference's line as it is; the first line says what it counts
     written = json.loads((d / "detection.json").read_text())
     column = written.pop("flagged_column")  # the flagged column of label_issues.csv, scored on the kept images too
-    assert written == m["detection"] and column["images"] == 95 and column == {
-        k: m["flagged"][k] for k in ("images", "flagged", "truly_noisy", "precision", "recall", "f1")}
+    assert written == m["detection"] and column["images"] == 95 and column == dict(m["flagged"],
+                                                                                 ranking=ranking_column(m))
     assert (d / "review.html").is_file() and not (d / "label_fixes_suggested.csv").exists()  # docs/review.md
     on_disk = load_dataset("cifar10", "worst", fake_cifar["dir"], str(tmp_path / "labels.pt"))
     write_label_fixes(tmp_path / "again.csv", relabel_flagged(apply_label_fixes(on_disk, path),

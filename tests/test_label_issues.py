@@ -19,26 +19,33 @@ def read_rows(path):
         return list(csv.reader(f))
 
 
-def small_table(path, groups=(1, 4, 4, 2, 3), class_names=("cat", "dog", "frog"), files=None):
-    """Five images; images 1 and 2 tie on the lowest agreement, so index order decides between them."""
+FINAL = np.array([0.8, 0.02, 0.02, 0.4, 0.5])  # the final networks' agreement on each given label
+
+
+def small_table(path, groups=(1, 4, 4, 2, 3), class_names=("cat", "dog", "frog"), files=None, ranking=FINAL):
+    """Five images; images 1 and 2 tie on the lowest score, so index order decides between them; the final
+    agreement ranks image 3 before image 4, the tipping pass's the other way round."""
     write_label_issues(path, given=np.array([0, 1, 2, 2, 0]), suggested=np.array([0, 0, 1, 2, 2]),
                        agreement_given=np.array([0.9, 0.05, 0.05, 0.6, 0.3]),
                        agreement_suggested=np.array([0.9, 0.8, 0.7, 0.6, 0.5]),
                        groups=None if groups is None else np.array(groups),
-                       flagged=np.array([False, True, True, False, False]), class_names=class_names, files=files)
+                       flagged=np.array([False, True, True, False, False]), class_names=class_names, files=files,
+                       final_given=FINAL, ranking=ranking)
 
 
-def test_rows_sorted_by_suspicion_ties_by_index(tmp_path):
+def test_rows_sorted_by_the_ranking_ties_by_index(tmp_path):
     path = tmp_path / "label_issues.csv"
     small_table(path, files=["a.png", "b.png", "c.png", "d,e.png", "ü.png"])
     header, *rows = read_rows(path)
     assert tuple(header) == COLUMNS
-    assert rows == [["1", "b.png", "1", "dog", "0", "cat", "0.05", "0.8", "4", "True"],
-                    ["2", "c.png", "2", "frog", "1", "dog", "0.05", "0.7", "4", "True"],
-                    ["4", "ü.png", "0", "cat", "2", "frog", "0.3", "0.5", "3", "False"],
-                    ["3", "d,e.png", "2", "frog", "2", "frog", "0.6", "0.6", "2", "False"],  # a comma, quoted
-                    ["0", "a.png", "0", "cat", "0", "cat", "0.9", "0.9", "1", "False"]]
+    assert rows == [["1", "b.png", "1", "dog", "0", "cat", "0.02", "0.05", "0.8", "4", "True"],
+                    ["2", "c.png", "2", "frog", "1", "dog", "0.02", "0.05", "0.7", "4", "True"],
+                    ["3", "d,e.png", "2", "frog", "2", "frog", "0.4", "0.6", "0.6", "2", "False"],  # a comma, quoted
+                    ["4", "ü.png", "0", "cat", "2", "frog", "0.5", "0.3", "0.5", "3", "False"],
+                    ["0", "a.png", "0", "cat", "0", "cat", "0.8", "0.9", "0.9", "1", "False"]]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written atomically
+    small_table(path, ranking=None)  # without a ranking of its own: by the tipping pass's agreement
+    assert [row[0] for row in read_rows(path)[1:]] == ["1", "2", "4", "3", "0"]
 
 
 def test_empty_cells_without_names_files_or_groups(tmp_path):
@@ -46,16 +53,29 @@ def test_empty_cells_without_names_files_or_groups(tmp_path):
     small_table(path, groups=None, class_names=None)
     header, *rows = read_rows(path)
     assert tuple(header) == COLUMNS and len(rows) == 5
-    assert rows[0] == ["1", "", "1", "", "0", "", "0.05", "0.8", "", "True"]
+    assert rows[0] == ["1", "", "1", "", "0", "", "0.02", "0.05", "0.8", "", "True"]
+
+
+def test_a_table_of_an_earlier_version_reads_without_the_final_column(tmp_path):
+    """label_issues.csv of a run of an earlier version (no final_agreement_given): read, the column as nan."""
+    path = tmp_path / "label_issues.csv"
+    small_table(path)
+    rows = read_rows(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows([row[:6] + row[7:] for row in rows])
+    table = read_label_issues(path, 5)
+    assert np.isnan(table["final_agreement_given"]).all() and table["index"].tolist() == [1, 2, 3, 4, 0]
+    assert in_dataset_order(table, "agreement_given").tolist() == [0.9, 0.05, 0.05, 0.6, 0.3]
 
 
 def test_read_back(tmp_path):
     path = tmp_path / "label_issues.csv"
     small_table(path)
     table = read_label_issues(path, 5)
-    assert table["index"].tolist() == [1, 2, 4, 3, 0]
+    assert table["index"].tolist() == [1, 2, 3, 4, 0]
     assert in_dataset_order(table, "suggested_label").tolist() == [0, 0, 1, 2, 2]
     assert in_dataset_order(table, "agreement_given").tolist() == [0.9, 0.05, 0.05, 0.6, 0.3]
+    assert in_dataset_order(table, "final_agreement_given").tolist() == FINAL.tolist()
     assert table["flagged"].tolist() == [True, True, False, False, False]
     assert table["given_class"][:2] == ["dog", "frog"] and table["group"][:2] == ["4", "4"]
 
@@ -100,22 +120,22 @@ def test_run_writes_the_table(synthetic_run):
     assert tuple(header) == COLUMNS and len(rows) == N_SYNTHETIC
     table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)  # also checks: each index exactly once
     assert sorted(table["index"]) == list(range(N_SYNTHETIC))
-    # most to least suspicious: ascending agreement on the given label (the exact scores; ties by index)
-    scores = np.load(d / "detection_scores.npy")
-    assert np.array_equal(table["index"], np.argsort(scores, kind="stable"))
-    a = table["agreement_given"]
-    assert np.all(np.diff(a) >= 0)  # 6 significant digits keep the order
-    # the columns agree with the other outputs of the run
-    assert np.allclose(in_dataset_order(table, "agreement_given"), scores, rtol=1e-5, atol=1e-12)
+    # most to least suspicious: ascending final agreement on the given label (the final networks judged this run)
     m = json.loads((d / "metrics.json").read_text())
+    assert m["judged_by"] == "final" and np.all(np.diff(table["final_agreement_given"]) >= 0)  # 6 digits keep it
+    assert np.all((table["final_agreement_given"] >= 0) & (table["final_agreement_given"] <= 1))
+    # agreement_given is the tipping pass's, as detection_scores.npy (the reference's ranking)
+    scores = np.load(d / "detection_scores.npy")
+    a = table["agreement_given"]
+    assert np.allclose(in_dataset_order(table, "agreement_given"), scores, rtol=1e-5, atol=1e-12)
     groups = np.array(table["group"], dtype=int)
     order = np.argsort(table["index"])
     # detection.npy is the reference's: group 4 of the tipping pass, below the lower mean
     assert set(groups) <= {1, 2, 3, 4} and np.array_equal(groups[order] == 4, np.load(d / "detection.npy"))
     lower_mean = m["detection_split"]["lower_mean"]
     assert np.all(a[groups == 4] < lower_mean) and np.all(a[groups != 4] >= lower_mean * (1 - 1e-5))
-    # the flagged column: the suggestion (averaged over the last passes) is not the given label, and the teacher
-    # refused it (a subset of the differing suggestions: tests/test_scripts.py recomputes it from recorded passes)
+    # the flagged column: the suggestion (of the final passes) is not the given label, and the teacher refused it
+    # (a subset of the differing suggestions: tests/test_scripts.py recomputes it from recorded passes)
     differs = table["suggested_label"] != table["given_label"]
     assert np.all(differs[table["flagged"]]) and table["flagged"].sum() <= differs.sum()
     assert m["flagged"]["flagged"] == int(table["flagged"].sum()) and 0 < m["flagged"]["flagged"] < N_SYNTHETIC

@@ -342,6 +342,9 @@ def test_synthetic_page_cards_order_captions_and_ground_truth(browser, synthetic
     assert "synthetic" in header and "worst" in header and "seed 0" in header
     assert f"tipping epoch {metrics['tipping_epoch']}" in header and f"{n4:,} flagged" in header
     assert "precision" in header and "AUROC" in header and "raise --review_max_images" not in header
+    # the scores of what the page shows: the flagged column, and the AUROC of its order (the final networks' ranking)
+    column = metrics["flagged"]
+    assert f"F1 {column['f1']:.3f}" in header and f"AUROC {column['auroc']:.3f}" in header, header
     assert b.js("return document.querySelector('#progress').textContent") == (
         f"0 of {n4:,} flagged decided, 0 of {n3:,} uncertain")
     # the first page: 60 cards with their captions, the first focused
@@ -350,7 +353,8 @@ def test_synthetic_page_cards_order_captions_and_ground_truth(browser, synthetic
     for c, r in zip(shown, rows):
         assert c["idx"] == f"#{table['index'][r]}" and c["file"] is None  # synthetic images have no files
         assert c["given"] == table["given_class"][r] and c["suggested"] == table["suggested_class"][r]
-        score = table["agreement_given"][r]  # 3 decimals, or 2 significant digits below 0.001
+        score = table["final_agreement_given"][r]  # the ranking's score (the final networks judged); 3 decimals, or
+        # 2 significant digits below 0.001
         assert abs(float(c["score"]) - score) <= (0.0005 if score >= 0.001 else 0.051 * score) + 1e-12, (c, score)
         assert c["badge"] is None and c["truth"] is None
     assert shown[0]["current"] and sum(c["current"] for c in shown) == 1

@@ -8,7 +8,8 @@ import torch
 
 from models import build_model
 from tests.conftest import N_SYNTHETIC, SYNTHETIC_EPOCHS, run, write_pickle
-from utils.flagging import FLAGGED_CUT, flag_labels, probabilities
+from utils.findings import FINAL_CUT
+from utils.flagging import flag_labels, probabilities
 from utils.label_issues import in_dataset_order, read_label_issues
 from utils.tipping import PATIENCE, history_slots
 
@@ -44,9 +45,12 @@ def test_training_writes_every_output(synthetic_run):
     # which passes label_issues.csv's columns come from: the tipping epoch's, and the last 5 before the split
     newest = m["tipping_found_epoch"] - (m["tipping_epoch"] != m["tipping_found_epoch"])
     assert m["label_issues_passes"] == dict(tipping=m["tipping_epoch"], last=list(range(newest - 4, newest + 1)))
-    assert (f"label_issues.csv: agreement_given and group from the pass of epoch {m['tipping_epoch']} (the tipping "
-            f"epoch); suggested_label, agreement_suggested and flagged from the passes of epochs "
-            f"{', '.join(map(str, range(newest - 4, newest + 1)))}, averaged") in synthetic_run["train"].stdout
+    assert (f"label_issues.csv comes at the end of the run (epoch {SYNTHETIC_EPOCHS - 1}), from the final networks' "
+            f"passes; its agreement_given and group are those of the pass of epoch {m['tipping_epoch']} (the tipping "
+            f"epoch, as detection.npy), and where the final networks cannot be trusted its ranking and flags are the "
+            f"split's (the passes of epochs {', '.join(map(str, range(newest - 4, newest + 1)))}, averaged)"
+            ) in synthetic_run["train"].stdout
+    assert "label_issues.csv: judged by the final networks\n" in synthetic_run["train"].stdout
     assert set(m["train_split"]) == {"upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold"}
     assert sum(m["group_sizes"].values()) == N_SYNTHETIC * 0.9
     assert m["detection"]["flagged"] == flagged.sum()
@@ -89,7 +93,7 @@ def test_detection_script_reports_precision_recall_f1(synthetic_run):
     assert lines[5] == "(flagging every label would score F1 0.5735)"  # 2 * 0.402 / 1.402
     # then the flagged column of label_issues.csv, side by side with G4's F1 (here G4 is detection.npy)
     flagged = json.loads((synthetic_run["dir"] / "metrics.json").read_text())["flagged"]
-    assert lines[6] == (f"flagged in label_issues.csv ({FLAGGED_CUT}): {flagged['flagged']}, precision "
+    assert lines[6] == (f"flagged in label_issues.csv ({FINAL_CUT}): {flagged['flagged']}, precision "
                         f"{flagged['precision']:.4f}, recall {flagged['recall']:.4f}, F1 {flagged['f1']:.4f} (G4's F1 "
                         f"{m['f1']:.4f})")
     report = json.loads((synthetic_run["dir"] / "detection.json").read_text())
@@ -97,7 +101,7 @@ def test_detection_script_reports_precision_recall_f1(synthetic_run):
 
 
 def test_the_flagged_column_is_the_flagged_cut_and_detection_npy_stays_g4(synthetic_run):
-    """label_issues.csv flags what utils.flagging.FLAGGED_CUT flags (more of the wrong labels than G4 on these);
+    """label_issues.csv flags what utils.findings.FINAL_CUT flags (more of the wrong labels than G4 on these);
     detection.npy stays G4, the reference's detection, so challenge and paper numbers stay comparable."""
     d = synthetic_run["dir"]
     m = json.loads((d / "metrics.json").read_text())
@@ -236,13 +240,15 @@ def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tm
     found = m["tipping_found_epoch"]
     passes_at_found = int(m["tipping_epoch"] == found)
     assert rule == "plateau" or m["tipping_epoch"] == found - 2
-    assert full_passes == [100] * (found + passes_at_found)  # epochs 0 .. found - 1 (or found), the whole set each
+    # epochs 0 .. found - 1 (or found), the whole set each; then the two passes of the final networks
+    assert full_passes == [100] * (found + passes_at_found) + [100, 100]
 
 
 def test_detection_npy_flagged_holds_the_flagged_column(fake_run):
     """--detection_npy flagged writes the flagged column of label_issues.csv into detection.npy, and says so; the
-    column is utils.flagging.flag_labels of the last full-set passes before the split (recomputed here from the
-    passes --record_passes saved: the agreement averaged, the teacher's predicted classes)."""
+    column is utils.flagging.flag_labels of the final networks' two passes (recomputed here from the passes
+    --record_passes saved: the agreement averaged, the teacher's predicted classes), or, where the final networks are
+    not trusted, of the last full-set passes before the split."""
     result = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", fake_run["tmp"] / "r",
                  "--detection_npy", "flagged", "--record_passes")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -251,14 +257,22 @@ def test_detection_npy_flagged_holds_the_flagged_column(fake_run):
     assert np.array_equal(np.load(d / "detection.npy"), in_dataset_order(table, "flagged"))
     m = json.loads((d / "metrics.json").read_text())
     assert m["detection"]["flagged"] == m["flagged"]["flagged"] and "detection.npy (flagged) flags" in result.stdout
-    found, slots = m["tipping_found_epoch"], history_slots("reference")
-    assert m["tipping_epoch"] < found  # so the found epoch's own pass is not among the last passes
-    passes = [np.load(d / "passes" / f"epoch_{e:04d}.npz") for e in range(found - slots, found)]
+    if m["judged_by"] == "final":
+        with np.load(d / "passes" / "final.npz") as z:
+            passes = [(z[f"{k}_teacher"], z[f"{k}_student"]) for k in ("plain", "aug")]
+    else:
+        found, slots = m["tipping_found_epoch"], history_slots("reference")
+        assert m["tipping_epoch"] < found  # so the found epoch's own pass is not among the last passes
+        passes = [tuple(np.load(d / "passes" / f"epoch_{e:04d}.npz")[k] for k in ("teacher_logits", "student_logits"))
+                  for e in range(found - slots, found)]
     labels = in_dataset_order(table, "given_label")
-    recent = np.mean([probabilities(p["teacher_logits"], p["student_logits"])[0] for p in passes], axis=0)
-    teacher = np.stack([p["teacher_logits"].argmax(axis=1) for p in passes])
+    recent = np.mean([probabilities(t, s)[0] for t, s in passes], axis=0)
+    teacher = np.stack([t.argmax(axis=1) for t, _ in passes])
     assert np.array_equal(in_dataset_order(table, "flagged"), flag_labels(recent, labels, teacher))
     assert np.array_equal(in_dataset_order(table, "suggested_label"), recent.argmax(axis=1))
+    if m["judged_by"] == "final":  # and the table is ordered by their agreement on the given label
+        final = in_dataset_order(table, "final_agreement_given")
+        assert np.allclose(final, recent[np.arange(100), labels], rtol=1e-5, atol=1e-12)
 
 
 def test_a_run_that_learns_nothing_warns_that_its_split_is_premature(fake_run):

@@ -74,12 +74,13 @@ OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "b
                 "epochs.json")  # tools/tipping_study.py's summary of passes/
 # folders of a run: the passes --record_passes saved, the fixes tools/fix_policy_study.py made of the run's detection
 OUTPUT_FOLDERS = ("passes", "policy_fixes")
-STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "pass_history", "groups", "rng",
-              "metrics")
+STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "pass_history", "groups",
+              "findings", "watch", "rng", "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
 RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
                      "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",
-                     "clean_test_freq", "precision", "deterministic", "tipping_rule", "record_passes", "detection_npy")
+                     "clean_test_freq", "precision", "deterministic", "tipping_rule", "record_passes", "detection_npy",
+                     "guard")
 
 
 def rng_states(generator):

@@ -57,7 +57,8 @@ def get_args_parser(description):
                    help="accepted for compatibility with the reference; unused, batches are made on the device")
     g = p.add_argument_group("training")
     g.add_argument("--arch", default=None, choices=sorted(ARCHS),
-                   help="network of teacher and student. Default: preresnet18, or small_cnn for synthetic")
+                   help="network of teacher and student (small_cnn: 0.1 M parameters; wide_cnn: the same four times as "
+                        "wide, 1.6 M). Default: preresnet18, or small_cnn for synthetic")
     g.add_argument("--n_epoch", type=int, default=300, help="number of epochs")
     g.add_argument("--batch_size", type=int, default=128, help="training batch size")
     g.add_argument("--lr", type=float, default=0.02, help="SGD learning rate")
@@ -76,14 +77,21 @@ def get_args_parser(description):
                         "reference's rule, the first epoch above its two neighbours on each side (for numbers to "
                         "compare with the paper; it fires on wiggles of a rising curve); none = never split (one-hot "
                         "training throughout, nothing flagged)")
+    g.add_argument("--guard", action=argparse.BooleanOptionalAction, default=True,
+                   help="with the plateau rule and a validation split: when the noisy validation accuracy falls "
+                        "clearly in the first epochs after the split (the soft targets make the networks worse), go "
+                        "back to the networks of the split and to the given labels, one-hot, for the rest of the "
+                        "schedule (docs/learning.md); --no-guard keeps the soft targets whatever happens. Never with "
+                        "--tipping_rule reference, the paper's method. A clear fall warns under every rule")
     g.add_argument("--detection_npy", default="g4", choices=("g4", "flagged"),
                    help="what detection.npy holds: g4 = the reference's detection (the lowest group of the Otsu split), "
-                        "so challenge and paper numbers stay comparable; flagged = the flagged column of "
-                        "label_issues.csv (the suggested label differs from the given one and the teacher refuses "
-                        "the given one, the better cut: docs/detection.md)")
+                        "so challenge and paper numbers stay comparable, written at the split; flagged = the flagged "
+                        "column of label_issues.csv (the final networks' judgement, written at the end of the run: "
+                        "docs/detection.md)")
     g.add_argument("--record_passes", action="store_true",
-                   help="for tools/tipping_study.py: save every epoch's full-set pass (both networks' logits) in "
-                        "<run>/passes/, so tipping rules can be replayed offline")
+                   help="for the studies (tools/): save every epoch's full-set pass until the split and the final "
+                        "networks' two passes (both networks' logits) in <run>/passes/, so rules can be replayed "
+                        "offline")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--noisy_val_freq", type=int, default=10,
                    help="every N epochs (and at the last), noisy-label validation accuracy; the best keeps best_*.pth.tar")

@@ -129,10 +129,10 @@ def _image_name(index, file, width=22):
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def suspicious_figure(plt, images, table, truly_noisy, rows=4, cols=8):
-    """A rows x cols grid of the most suspicious training images in label_issues.csv order, each captioned
-    'given → suggested'; the caption is orange where the given label is truly wrong, blue where it is right, when
-    that is known."""
+def suspicious_figure(plt, images, table, truly_noisy, rows=4, cols=8, score_column="agreement_given"):
+    """A rows x cols grid of the most suspicious training images in label_issues.csv order, each captioned with its
+    score (the table's ranking column) and 'given → suggested'; the caption is orange where the given label is truly
+    wrong, blue where it is right, when that is known."""
     n = min(rows * cols, len(table["index"]))
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows + 0.6), squeeze=False)
     for k, ax in enumerate(axes.flat):
@@ -144,7 +144,7 @@ def suspicious_figure(plt, images, table, truly_noisy, rows=4, cols=8):
         suggested = table["suggested_class"][k] or table["suggested_label"][k]
         color = "black" if truly_noisy is None else (NOISY if truly_noisy[i] else CLEAN)
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"{_image_name(i, table['file'][k])}\nscore {table['agreement_given'][k]:.2g}\n"
+        ax.set_title(f"{_image_name(i, table['file'][k])}\nscore {table[score_column][k]:.2g}\n"
                      f"{_caption(given, suggested)}", fontsize=9, color=color)
     note = "" if truly_noisy is None else "; orange = truly mislabelled, blue = truly clean"
     fig.suptitle(f"The {n} most suspicious training images: file (or #index), detection score, "

@@ -1,0 +1,101 @@
+"""What a run finds wrong, and when it writes it.
+
+- At the split: the reference's detection, unchanged so that challenge and paper numbers stay comparable:
+  `detection.npy` (G4 of the modified Otsu split of the tipping pass's agreement on each given label) and
+  `detection_scores.npy` (that agreement). The run also keeps what the passes held at the split suggest and flag
+  (utils.flagging.flag_labels): the fallback of the end of the run.
+- At the end of the run: the judgement of the final networks, trained on to the end of the schedule with the
+  suspected labels down-weighted and the learning rate decayed: two full-set passes of both networks (one without
+  augmentation, one with crops and flips drawn from a generator seeded by the run's seed, so a resumed run makes the
+  same passes), which rank every label (FINAL_RANKING, label_issues.csv's `final_agreement_given` column, its order
+  and the review page's) and flag the wrong ones (FINAL_CUT). Where the final networks cannot be trusted (the watch
+  after the split went back to the labels, or their noisy-validation accuracy fell below the split's beyond its
+  noise: utils.watch), the ranking and the flags stay the split's. Chosen by tools/ranking_study.py
+  (docs/detection.md). numpy, and torch for the passes."""
+import numpy as np
+import torch
+
+from utils.bkd import DegenerateSplit, assign_groups, otsu_split
+from utils.checkpoint import save_npy, save_npz
+from utils.flagging import FLAGGED_CUT as SPLIT_CUT, flag_labels
+from utils.label_issues import as_written, write_label_issues
+
+SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
+FINAL_RANKING = "the final networks' agreement on the given label, averaged over a pass without augmentation and one with"
+FINAL_CUT = "suggested label != given, the teacher predicting another class in both final passes"
+FINAL_SEED = 100003  # the augmented final pass draws its crops and flips from seed * FINAL_SEED + the last epoch
+
+
+def split_groups(scores, kept):
+    """(groups 1..4 of the modified Otsu split of scores over the kept images, the split's five numbers), or
+    (None, the reason) when no threshold separates them."""
+    try:
+        split = otsu_split(scores[kept])
+    except DegenerateSplit as e:
+        return None, str(e)
+    return assign_groups(scores, split), split
+
+
+class Findings:
+    """The findings of one run: at_split (the reference's detection, and the split's flags kept), final (the final
+    networks' judgement, label_issues.csv). `state`/`load` carry the split's between a kill and --resume."""
+
+    def __init__(self, data, out_dir, detection_npy, main_process=True):
+        self.data, self.out_dir, self.detection_npy, self.main_process = data, out_dir, detection_npy, main_process
+        self.split = None  # dict of numpy arrays once the run has split
+
+    def at_split(self, scores, recent_probs, teacher_predicted):
+        """Detection at the split, from the agreement on each label of the tipping epoch's full-set pass (N, dataset
+        order), the agreement of every class averaged over the last passes (N, C) and the teacher's predicted classes
+        of those passes (passes, N). Writes detection.npy (G4; the flagged labels with --detection_npy flagged are
+        written at the end) and detection_scores.npy; returns (G4, the split's flags, the split's five numbers or
+        the reason there is none)."""
+        kept, labels = self.data.kept, self.data.noisy_labels
+        groups, split = split_groups(scores, kept)
+        g4 = np.zeros(len(labels), dtype=bool) if groups is None else (groups == 4) & kept
+        flagged = flag_labels(recent_probs, labels, teacher_predicted) & kept
+        self.split = dict(scores=np.asarray(scores, dtype=np.float32), groups=groups, g4=g4, flagged=flagged,
+                          suggested=recent_probs.argmax(axis=1), agreement_suggested=recent_probs.max(axis=1))
+        if self.main_process:
+            if self.detection_npy == "g4":
+                save_npy(f"{self.out_dir}/detection.npy", g4)
+            save_npy(f"{self.out_dir}/detection_scores.npy", self.split["scores"])
+        return g4, flagged, split
+
+    @torch.inference_mode()
+    def final(self, passes, trusted):
+        """The final networks' judgement: `passes`, [(teacher logits, student logits)] of the full set (N, C each),
+        and whether they can be trusted (else the split's ranking and flags stay). Writes label_issues.csv (and
+        detection.npy with --detection_npy flagged); returns (the ranking score: agreement on the given label, the
+        flags, which of the two judged: "final" or "split", the suggested labels)."""
+        kept, labels = self.data.kept, self.data.noisy_labels
+        agreement = np.mean([torch.softmax(t.double() + s.double(), dim=1).cpu().numpy() for t, s in passes], axis=0)
+        teacher_predicted = np.stack([t.argmax(dim=1).cpu().numpy() for t, _ in passes])
+        final_given = as_written(agreement[np.arange(len(labels)), labels])  # the file's order is its scores' order
+        if trusted:
+            judged, ranking, flagged = "final", final_given, flag_labels(agreement, labels, teacher_predicted) & kept
+            suggested, agreement_suggested = agreement.argmax(axis=1), agreement.max(axis=1)
+        else:
+            judged, ranking, flagged = "split", self.split["scores"], self.split["flagged"]
+            suggested, agreement_suggested = self.split["suggested"], self.split["agreement_suggested"]
+        if self.main_process:
+            write_label_issues(f"{self.out_dir}/label_issues.csv", labels, suggested, self.split["scores"],
+                               agreement_suggested, self.split["groups"], flagged, self.data.class_names,
+                               self.data.train_files, self.data.dropped, final_given=final_given, ranking=ranking)
+            if self.detection_npy == "flagged":
+                save_npy(f"{self.out_dir}/detection.npy", flagged)
+        return ranking, flagged, judged, suggested
+
+    def state(self):
+        return None if self.split is None else {k: (None if v is None else torch.as_tensor(v))
+                                                for k, v in self.split.items()}
+
+    def load(self, state):
+        self.split = None if state is None else {k: (None if v is None else v.numpy()) for k, v in state.items()}
+
+
+def record_final(out_dir, passes):
+    """--record_passes: the final passes' logits, for tools/ranking_study.py (passes/final.npz)."""
+    (pt, ps), (at, as_) = passes
+    save_npz(f"{out_dir}/passes/final.npz", plain_teacher=pt.cpu().numpy(), plain_student=ps.cpu().numpy(),
+             aug_teacher=at.cpu().numpy(), aug_student=as_.cpu().numpy())

@@ -1,0 +1,113 @@
+"""After the split: are the soft targets making the networks worse? A run watches its noisy-validation accuracy every
+epoch (the pair's agreement prediction against the validation split's own, noisy, labels: no ground truth). Once it
+has split, it compares the mean of the epochs after the split with the plateau the split was made on (the mean of
+the last BASELINE epochs up to it), in units of the curve's own epoch-to-epoch noise (utils.tipping.noise_level, at
+least NOISE_FLOOR points): `z = (after - before) / (noise * sqrt(1 / BASELINE + 1 / epochs after))`.
+
+- Below -WARN_Z, the accuracy fell clearly: a WARNING at that epoch and in the final summary (kept in metrics.json),
+  naming learning.py --checkpoint best, under every tipping rule.
+- The guard (the default rule only; never the reference's, the paper's method): if within GUARD_EPOCHS epochs of the
+  split z falls below -GUARD_Z, the run goes back to the networks and the optimizer of the split and to the given
+  labels (one-hot targets) for the rest of the schedule, and says so. Such a run is the no-split run from the split
+  on (a few epochs later); its detection at the split stands, and the final networks judge no labels
+  (utils.findings keeps the split's ranking and flags).
+Chosen by tools/learning_study.py (docs/learning.md). Without a validation split (--val_ratio 0) nothing is watched."""
+import math
+
+import numpy as np
+import torch
+
+from utils.tipping import noise_level
+
+BASELINE = 5  # epochs up to the split whose mean noisy-validation accuracy is the level the split was made on
+GUARD_EPOCHS = 5  # the guard decides within this many epochs after the split
+GUARD_Z = 1.5  # noise units below the level: the soft targets are making the networks worse
+WARN_Z = 3.0  # noise units below the level: a warning, whatever the rule
+NOISE_FLOOR = 0.25  # points: the least epoch-to-epoch noise assumed (a curve on a plateau can repeat one value)
+
+
+def fall(val, split_epoch):
+    """(z, the mean accuracy after the split, the level before it, the noise) of a noisy-validation curve (one value
+    per epoch, in %) split at the end of epoch split_epoch; None before the first epoch after it."""
+    val = np.asarray(val, dtype=np.float64)
+    after = val[split_epoch + 1:]
+    if not len(after):
+        return None
+    before = val[max(0, split_epoch + 1 - BASELINE):split_epoch + 1]
+    noise = max(noise_level(val[:split_epoch + 1]), NOISE_FLOOR)
+    z = (after.mean() - before.mean()) / (noise * math.sqrt(1 / len(before) + 1 / len(after)))
+    return float(z), float(after.mean()), float(before.mean()), noise
+
+
+FELL = "the noisy-validation accuracy fell after the split"  # how the warning begins
+
+
+def has_fallen(metrics):
+    """Whether a run has warned that its noisy-validation accuracy fell after the split."""
+    return any(w.startswith(FELL) for w in metrics["warnings"])
+
+
+class Watch:
+    """The noisy-validation curve of a run and what it says after the split. `guard`: whether the run may go back to
+    the labels (the default rule, with a validation split)."""
+
+    def __init__(self, guard):
+        self.guard = guard
+        self.snapshot = None  # the networks and the optimizer at the split, while the guard may still act
+
+    def keep(self, teacher, student, optimizer):
+        """At the split: what the guard would go back to, the networks and the optimizer's momentum (in host memory,
+        and in the state until the guard has decided)."""
+        if self.guard:
+            self.snapshot = dict(teacher=_to_cpu(teacher.state_dict()), student=_to_cpu(student.state_dict()),
+                                 momentum=[_to_cpu(optimizer.state.get(p, {}).get("momentum_buffer"))
+                                           for group in optimizer.param_groups for p in group["params"]])
+
+    def check(self, metrics, epoch):
+        """After an epoch of a run that has split: a warning sentence when the accuracy fell clearly (once), and
+        whether to go back to the labels now. Keeps its reading in metrics['watch']."""
+        split = metrics["tipping_found_epoch"]
+        reading = fall([v for v in metrics["val_every_epoch"]], split)
+        if reading is None:
+            return None, False
+        z, after, before, noise = reading
+        metrics["watch"] = dict(epoch=epoch, z=z, after=after, before=before, noise=noise)
+        warning = None
+        if z < -WARN_Z and not has_fallen(metrics):
+            warning = (f"{FELL} (epoch {split}): {after:.2f} % on average "
+                       f"over the {epoch - split} epochs since, against {before:.2f} % over the {BASELINE} epochs up "
+                       f"to it ({-z:.1f} times its noise); the final networks may be worse than those of the best "
+                       f"epoch (learning.py --checkpoint best)")
+        back = self.guard and self.snapshot is not None and z < -GUARD_Z and epoch - split <= GUARD_EPOCHS
+        if epoch - split >= GUARD_EPOCHS:
+            self.snapshot = None  # the guard has decided: no more to keep
+        return warning, back
+
+    @torch.no_grad()
+    def go_back(self, teacher, student, optimizer):
+        """The networks and the optimizer's momentum of the split, copied back into their own tensors (a captured
+        CUDA-graph step keeps updating them; the learning rate stays the schedule's)."""
+        teacher.load_state_dict(self.snapshot["teacher"])
+        student.load_state_dict(self.snapshot["student"])
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p, kept in zip(params, self.snapshot["momentum"]):
+            buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buffer is not None and kept is not None:
+                buffer.copy_(kept)
+        self.snapshot = None
+
+    def state(self):
+        return self.snapshot
+
+    def load(self, state):
+        self.snapshot = state
+
+
+def _to_cpu(state):
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_cpu(v) for v in state)
+    return state
