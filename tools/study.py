@@ -3,8 +3,11 @@ few at a time, each reused once finished and resumed where it stopped; paired st
 
 A study is a grid of runs that differ in one thing (a rule, precision, label fixes) and share everything else,
 including the seeds: the paired difference over seeds then measures that one thing, free of the seed-to-seed spread.
-A rule is chosen on some label sets and confirmed on others from sources the choice never saw (CONFIRMED_ON); the
-worst confirmed row decides."""
+A rule is chosen on some label sets and confirmed on others from sources that choice had not seen; the worst confirmed
+row decides. Which sources a choice has seen grows with every round: the first studies confirmed on CONFIRMED_ON, the
+flagged cut's second round was chosen on those too (so they no longer confirm anything), and the studies of the
+learning guard and the final judgement (tools/learning_study.py, tools/ranking_study.py) were chosen on all four
+sources used so far (CHOSEN_SOURCES) and confirmed on drawings none of them had seen (NEW_SOURCES)."""
 import json
 import math
 import os
@@ -24,10 +27,10 @@ DEMO_FLAGS = ["--n_epoch", "24", "--lr", "0.1", "--lr_decay_every", "5", "--prin
 
 # ---------------------------------------------------------------------------- label sets
 STUDY_DATA = os.path.expanduser("~/data/study")  # where tools/make_study_npz.py writes its files
-# Every shipped choice was made on the synthetic stand-in (CIFAR-10N's label sets) and scikit-learn's digits (real
-# scans; instance-dependent look-alike flips, uniform flips, systematic pair flips). Real sources no choice saw confirm
-# them: Fashion-MNIST's photos and Animal-MNIST's drawings, and MNIST's digits, added for the flagged cut chosen again
-# after the first two had been used (docs/detection.md).
+# The tipping rule, the fix policies and the first round of the flagged cut were chosen on the synthetic stand-in
+# (CIFAR-10N's label sets) and scikit-learn's digits, and confirmed on Fashion-MNIST's photos and Animal-MNIST's
+# drawings, which the second round of the cut was then chosen on as well: only MNIST confirmed that round
+# (docs/detection.md). The studies that use CONFIRMED_ON today replay those rounds; new choices confirm on NEW_SOURCES.
 CONFIRMING_SOURCES = ("fashion", "animals", "mnist")
 CONFIRMED_ON = ("fashion uniform 20", "fashion pair 25", "animals uniform 20", "animals pair 25", "mnist uniform 20",
                 "mnist pair 25")
@@ -65,6 +68,147 @@ class LabelSet:
             return None
         return (f"{path}: no such file; make it with python tools/make_study_npz.py --out {os.path.dirname(path)} "
                 f"(see its --help for what it needs)")
+
+
+# ---------------------------------------------------------------------------- the grid of the learning and ranking studies
+# tools/learning_study.py (clean test accuracy) and tools/ranking_study.py (which labels are wrong) share their runs:
+# every label set of these sources, clean and with wrong labels, under every schedule, seed and method
+CHOSEN_SOURCES = ("digits", "fashion", "animals", "mnist")  # what the choices of issues 37 and 38 were made on
+NEW_SOURCES = ("doodles", "emoji")  # drawings no choice saw: they confirm
+NOISES = ("uniform 0", "uniform 20", "pair 25")
+EVERY_EPOCH = ["--print_freq", "100", "--noisy_val_freq", "1", "--clean_test_freq", "1"]
+STUDY_SCHEDULES = {  # name: the training flags (validation and test every epoch: the curves, and the best epoch)
+    "demo": ["--n_epoch", "24", "--lr", "0.1", "--lr_decay_every", "5"] + EVERY_EPOCH,  # run.sh's demo
+    "long": ["--n_epoch", "60", "--lr", "0.1", "--lr_decay_every", "30"] + EVERY_EPOCH,  # 30 epochs at 0.1, 30 at 0.01
+    # the long schedule with a network large for the data (1.6 M parameters, 60 training images per class): one
+    # network with plain cross-entropy memorises the wrong labels there (tools/learning_study.py shows its fit of them)
+    "memorise": ["--n_epoch", "60", "--lr", "0.1", "--lr_decay_every", "30", "--arch", "wide_cnn"] + EVERY_EPOCH,
+}
+SMALL_SOURCES = {"fashion": "fashion-small", "doodles": "doodles-small"}  # the memorise schedule's, chosen and new
+BKD_METHODS = {  # name: the training script's flags
+    "plateau": ["--tipping_rule", "plateau", "--record_passes"],  # the default, its guard on; its passes recorded
+    "noguard": ["--tipping_rule", "plateau", "--no-guard", "--record_passes"],  # the default rule, never going back
+    "reference": ["--tipping_rule", "reference"],  # the paper's method
+    "none": ["--tipping_rule", "none", "--record_passes"],  # never split (the pair of networks, one-hot throughout)
+}
+TRAINING = os.path.join(ROOT, "blind_knowledge_dist_training.py")
+
+
+def label_sets(sources, noises=NOISES, schedule=None):
+    """The label sets of the sources (tools/make_study_npz.py's files), or, for the memorise schedule, those of the
+    sources' small versions that it has (SMALL_SOURCES)."""
+    if schedule == "memorise":
+        sources = [SMALL_SOURCES[s] for s in sources if s in SMALL_SOURCES]
+    return [f"{source} {noise}" for source in sources for noise in noises]
+
+
+def confirming(name):
+    """Whether a label set of the grid comes from a source no choice saw (NEW_SOURCES, or a small version of one)."""
+    return name.split()[0].removesuffix("-small") in NEW_SOURCES
+
+
+def grid_run(results_dir, schedule, method, name, seed, study_data=STUDY_DATA):
+    """The Run of a BKD method (BKD_METHODS) on a label set, seed and schedule of the grid."""
+    ls = LabelSet(name, study_data)
+    out = os.path.join(results_dir, "runs", schedule, method, ls.folder)
+    flags = ls.flags + ["--seed", seed, "--results_dir", out] + BKD_METHODS[method] + STUDY_SCHEDULES[schedule]
+    return Run(TRAINING, flags, os.path.join(out, f"{ls.run_name}_seed_{seed}"))
+
+
+def guarded_run(results_dir, schedule, name, seed, study_data=STUDY_DATA):
+    """The run of the default rule (its guard on) of a cell, and whether it must be trained: up to the guard's
+    decision a run with the guard is the run without it (the same steps, the same noisy-validation curve), and it
+    differs only where the guard goes back. So where the finished run without the guard shows (utils.watch, replayed
+    on its curve) that the guard would not have gone back, that run is the guarded one too, and nothing is trained."""
+    guarded = grid_run(results_dir, schedule, "plateau", name, seed, study_data)
+    if guarded.metrics() is not None:
+        return guarded, False
+    unguarded = grid_run(results_dir, schedule, "noguard", name, seed, study_data)
+    metrics = unguarded.metrics()
+    if metrics is not None and not guard_goes_back(metrics):
+        return unguarded, False
+    return guarded, True
+
+
+def guard_goes_back(metrics):
+    """Whether the guard would go back in a finished run of the default rule without it (watch_replay)."""
+    return watch_replay(metrics, guard=True)[0]
+
+
+def watch_replay(metrics, guard=False):
+    """(whether the guard goes back, whether the accuracy falls clearly: the warning) of utils.watch replayed epoch by
+    epoch after the split on a finished run's noisy-validation curve, as a run makes them (with the guard: up to its
+    going back); (False, False) for a run that did not split or was not validated every epoch."""
+    sys.path.insert(0, ROOT)
+    from utils.watch import Watch
+    split = metrics["tipping_found_epoch"]
+    curve = metrics.get("val_every_epoch") or [v["accuracy"] for v in metrics["val"]]  # runs of before the watch
+    if split is None or len(curve) != len(metrics["confidence"]):  # validated every epoch: the grid's runs are
+        return False, False
+    watch = Watch(guard=guard)
+    watch.snapshot = {} if guard else None  # stands for the networks of the split
+    replay = dict(tipping_found_epoch=split, warnings=[], watch=None)
+    for epoch in range(split + 1, len(curve)):
+        replay["val_every_epoch"] = curve[:epoch + 1]
+        warning, back = watch.check(replay, epoch)
+        if warning:
+            replay["warnings"].append(warning)
+        if back:
+            return True, bool(replay["warnings"])
+    return False, bool(replay["warnings"])
+
+
+def schedule_values(schedule):
+    """(epochs, learning rate, epochs between its steps) of a schedule's flags."""
+    flags = STUDY_SCHEDULES[schedule] if isinstance(schedule, str) else schedule
+    return tuple(float(flags[flags.index(flag) + 1]) for flag in ("--n_epoch", "--lr", "--lr_decay_every"))
+
+
+def train_one_network(data, train_positions, seed, schedule, on_epoch=None, arch="small_cnn"):
+    """One network trained with plain cross-entropy on the noisy labels of data's images at train_positions, with the
+    training script's augmentation, batches, optimizer (SGD, momentum 0.9, weight decay 5e-4) and schedule (a name of
+    STUDY_SCHEDULES or its flags), on the CPU. on_epoch(epoch, predict) is called after every epoch, where
+    predict(images (N, S, S, 3) uint8) gives the network's softmax (N, C) without augmentation. Returns predict and
+    the image-epochs it trained."""
+    import torch
+    from data.pipeline import DeviceBatches, to_device_images
+    from models import build_model
+    from utils.engine import seed_everything
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    seed_everything(seed)
+    n_epoch, lr, decay = (int(v) if k != 1 else v for k, v in enumerate(schedule_values(schedule)))
+    flags = STUDY_SCHEDULES[schedule] if isinstance(schedule, str) else schedule
+    arch = flags[flags.index("--arch") + 1] if "--arch" in flags else arch  # the schedule's network, if it names one
+    pad_mode, flip_first = data.augment
+    generator = torch.Generator().manual_seed(seed)
+    common = dict(mean_std=data.mean_std, flip_first=flip_first, generator=generator, channels_last=True)
+    train = DeviceBatches(to_device_images(data.train_images, pad_mode, torch.device("cpu")),
+                          torch.as_tensor(data.noisy_labels), train_positions, batch_size=128, augment=True,
+                          shuffle=True, **common)
+    net = build_model(arch, data.num_classes).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay, gamma=0.1)
+
+    @torch.inference_mode()
+    def predict(images):
+        net.eval()
+        batches = DeviceBatches(to_device_images(images, pad_mode, torch.device("cpu")),
+                                torch.zeros(len(images), dtype=torch.long), None, batch_size=256, **common)
+        probs = np.zeros((len(images), data.num_classes), dtype=np.float32)
+        for x, _, pos in batches:
+            probs[pos.numpy()] = torch.softmax(net(x), dim=1).numpy()
+        return probs
+    for epoch in range(n_epoch):
+        net.train()
+        for x, y, _ in train:
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if on_epoch is not None:
+            on_epoch(epoch, predict)
+    return predict, n_epoch * len(train.indices)
 
 
 def add_arguments(parser, results_dir):

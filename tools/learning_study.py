@@ -1,0 +1,300 @@
+"""What BKD's training buys: clean test accuracy of BKD against plain cross-entropy, same network, schedule and seeds.
+
+    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study   # see its --help
+    python tools/learning_study.py                       # every run it needs (reused when finished), then the tables
+
+Per label set, seed and schedule of the grid (tools/study.py: real image sources clean, with 20 % uniform and 25 %
+pair flips, the demo's schedule and a long one): BKD with the default tipping rule, BKD with the reference's rule,
+BKD without a split (--tipping_rule none: the teacher and the blind student with their compensation loss, one-hot
+throughout) and plain cross-entropy (one network of the same architecture, the same training split, augmentation,
+optimizer and schedule: what a user runs instead). Each gives its final networks' clean test accuracy and that of
+the networks of its best noisy-validation epoch (validation every epoch), as learning.py reports them (--checkpoint
+best). Differences are paired by seed; p is the paired t-test's. The ground truth only scores: the plain network's
+fit of the wrong labels (the share of them its prediction matches, rising late when it memorises) is printed per
+schedule. Chosen on the sources of tools/study.py CHOSEN_SOURCES; confirmed on NEW_SOURCES.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from study import (CHOSEN_SOURCES, NEW_SOURCES, NOISES, ROOT, STUDY_DATA, STUDY_SCHEDULES, LabelSet, Run,  # noqa: E402
+                   confirming, device_line, grid_run, guard_goes_back, guarded_run, label_sets, markdown_table,
+                   mean_ci, paired, pm, run_all, signed, stop_if_failed, train_one_network)
+
+sys.path.insert(0, ROOT)
+from data import split_indices  # noqa: E402
+
+THIS = os.path.abspath(__file__)
+METHODS = ("plain", "none", "noguard", "plateau", "reference")  # plain: one network with cross-entropy
+
+
+def one_network(args):
+    """Train plain cross-entropy on a label set of the grid (the BKD runs' training split); write metrics.json: the
+    noisy validation and clean test accuracy of every epoch, and the share of the wrong training labels the network
+    predicts (its fit of them: ground truth, for the study's memorisation column only)."""
+    data = LabelSet(args.label_set, args.study_data).data()
+    train_idx, val_idx = split_indices(len(data.noisy_labels), 0.1, args.seed)
+    wrong = data.noise_or_not[train_idx]
+    record = dict(val=[], test=[], fits_wrong=[])
+
+    def on_epoch(epoch, predict):
+        val = predict(data.train_images[val_idx]).argmax(axis=1)
+        record["val"].append(float(np.mean(val == data.noisy_labels[val_idx]) * 100))
+        record["test"].append(float(np.mean(predict(data.test_images).argmax(axis=1) == data.test_labels) * 100))
+        if wrong.any():
+            fit = predict(data.train_images[train_idx[wrong]]).argmax(axis=1) == data.noisy_labels[train_idx[wrong]]
+            record["fits_wrong"].append(float(fit.mean()))
+    _, image_epochs = train_one_network(data, train_idx, args.seed, args.schedule, on_epoch)
+    best = int(np.argmax(record["val"]))  # the first of the highest, as the training script keeps it
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(dict(record, finished=True, best_epoch=best, final_test_accuracy=record["test"][-1],
+                       best_test_accuracy=record["test"][best], image_epochs=image_epochs), f)
+
+
+def plain_run(args, schedule, name, seed):
+    ls = LabelSet(name, args.study_data)
+    out = os.path.join(args.results_dir, "runs", schedule, "plain", ls.folder, f"seed_{seed}")
+    return Run(THIS, ["one_network", "--label_set", name, "--seed", seed, "--schedule", schedule, "--study_data",
+                      args.study_data, "--out", out], out)
+
+
+def cells(args):
+    """(schedule, label set, seed) of the whole grid: every label set of the sources under the demo's and the long
+    schedule, those of their small versions under the memorise one."""
+    return [(schedule, name, seed) for schedule in args.schedules
+            for name in label_sets(args.sources, [n for n in args.noises if schedule != "memorise" or n != NOISES[0]],
+                                   schedule)
+            for seed in args.seeds]
+
+
+def runs_of(args):
+    """{(schedule, method, label set, seed): Run} of the whole grid, trained where missing: the methods without the
+    guard first, then the guarded runs that differ from them (study.guarded_run)."""
+    runs = {}
+    for schedule, name, seed in cells(args):
+        if "plain" in args.methods:
+            runs[schedule, "plain", name, seed] = plain_run(args, schedule, name, seed)
+        for method in ("none", "noguard", "reference"):
+            if method in args.methods or (method == "noguard" and "plateau" in args.methods):
+                runs[schedule, method, name, seed] = grid_run(args.results_dir, schedule, method, name, seed,
+                                                              args.study_data)
+    stop_if_failed(run_all(list(runs.values()), args.jobs, label="learning study runs"))
+    if "plateau" in args.methods:
+        guarded = {(sch, "plateau", name, seed): guarded_run(args.results_dir, sch, name, seed, args.study_data)
+                   for sch, name, seed in cells(args)}
+        stop_if_failed(run_all([run for run, train in guarded.values() if train], args.jobs,
+                               label="runs where the guard goes back"))
+        runs.update({key: run for key, (run, _) in guarded.items()})
+    return runs
+
+
+def teacher_alone(run, data):
+    """Clean test accuracy of the final teacher alone (its own argmax, not the agreement with the blind student that
+    learning.py evaluates, as the reference does): where the agreement loses to plain cross-entropy, how much of it
+    the student's opinion costs. Cached in <run>/teacher_alone.json."""
+    cache = os.path.join(run.run_dir, "teacher_alone.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return json.load(f)["accuracy"]
+    import torch
+    from data.pipeline import DeviceBatches, to_device_images
+    from utils.checkpoint import load_network
+    teacher, _ = load_network(os.path.join(run.run_dir, "teacher.pth.tar"), "small_cnn", data.num_classes)
+    teacher.eval()
+    pad_mode, flip_first = data.augment
+    batches = DeviceBatches(to_device_images(data.test_images, pad_mode, torch.device("cpu")),
+                            torch.as_tensor(data.test_labels), None, data.mean_std, 256, flip_first=flip_first)
+    correct = 0
+    with torch.inference_mode():
+        for x, y, _ in batches:
+            correct += int((teacher(x).argmax(dim=1) == y).sum())
+    accuracy = 100 * correct / len(data.test_labels)
+    with open(cache, "w") as f:
+        json.dump(dict(accuracy=accuracy), f)
+    return accuracy
+
+
+def contradicted(run, data):
+    """Why soft targets can hurt (ground truth: a diagnostic, never a rule): of the right labels of the training
+    split, the share that the split put in G3 or G4 and whose image the blind student, at the tipping epoch, gives
+    another class: labels the soft targets push away from. From the run's recorded tipping pass; None without it."""
+    m = run.metrics()
+    if m.get("tipping_epoch") is None:
+        return None
+    path = os.path.join(run.run_dir, "passes", f"epoch_{m['tipping_epoch']:04d}.npz")
+    if not os.path.isfile(path):
+        return None
+    from utils.bkd import assign_groups, otsu_split
+    with np.load(path) as z:
+        train_idx, agreement, student = z["train_idx"], z["train_agreement"], z["student_logits"]
+    groups = assign_groups(agreement, otsu_split(agreement))
+    given, right = data.noisy_labels[train_idx], data.noisy_labels[train_idx] == data.clean_labels[train_idx]
+    pushed = (groups >= 3) & right & (student[train_idx].argmax(axis=1) != given)
+    return float(pushed.sum() / max(right.sum(), 1))
+
+
+def accuracies(run, method):
+    """(final clean test accuracy, that of the best noisy-validation epoch) of a finished run."""
+    m = run.metrics()
+    if method == "plain":
+        return m["final_test_accuracy"], m["best_test_accuracy"]
+    test = {t["epoch"]: t["accuracy"] for t in m["test"]}
+    return m["final_test_accuracy"], test[m["best_epoch"]]
+
+
+def diff(a, b):
+    """'b - a' paired by seed, with its interval, and the paired t-test's p."""
+    d, half, p = paired(a, b)
+    return [signed(d, half, 2), "–" if np.isnan(p) else f"{p:.2f}"]
+
+
+def tables(args, runs):
+    """The study's markdown, per schedule and part (chosen on, confirmed on): a row per label set with each method's
+    final clean test accuracy, the paired differences that decide (BKD against the pair without a split, which is BKD
+    up to its split, and against plain cross-entropy; the guard's effect), the best-epoch accuracies, the teacher
+    alone, how often the guard went back, the plain network's fit of the wrong labels (best epoch -> last), and the share
+    of right labels the split pushed away (contradicted), with its correlation to what the soft targets cost."""
+    text = [f"Seeds {', '.join(map(str, args.seeds))}; {device_line()}. Clean test accuracy in %, mean ± 95 % interval "
+            f"over seeds; differences paired by seed (p: paired t-test). Final = the networks of the last epoch "
+            f"(teacher.pth.tar / student.pth.tar, what learning.py evaluates: the agreement of teacher and student); "
+            f"best = those of the best noisy-validation epoch, validation every epoch (learning.py --checkpoint best); "
+            f"teacher alone = the final teacher's own prediction (a diagnostic).\n"]
+    header = ["label set", "plain CE", "no split", "BKD", "BKD - no split", "p", "BKD - plain CE", "p",
+              "guard went back", "no guard - no split", "BKD - no guard", "reference", "reference - no split", "p",
+              "best: plain CE", "best: BKD", "best: BKD - plain CE", "p", "teacher alone: BKD", "plain CE fits wrong labels",
+              "right labels pushed away"]
+    for schedule in args.schedules:
+        flags = STUDY_SCHEDULES[schedule]
+        epochs, lr, decay = (flags[flags.index(f) + 1] for f in ("--n_epoch", "--lr", "--lr_decay_every"))
+        network = flags[flags.index("--arch") + 1] if "--arch" in flags else "small_cnn"
+        names = list(dict.fromkeys(name for sch, name, _ in cells(args) if sch == schedule))
+        spread = []  # (share of right labels pushed away, BKD without the guard - no split) of every noisy run
+        for part, members in (("chosen on", [n for n in names if not confirming(n)]),
+                              ("confirmed on", [n for n in names if confirming(n)])):
+            rows = []
+            for name in members:
+                got = {m: [runs[schedule, m, name, seed] for seed in args.seeds] for m in METHODS
+                       if (schedule, m, name, args.seeds[0]) in runs}
+                acc = {m: np.array([accuracies(r, m) for r in got[m]]) for m in got}
+                final = {m: acc[m][:, 0] for m in got}
+                best = {m: acc[m][:, 1] for m in got}
+
+                def level(values, m):
+                    return pm(*mean_ci(values[m]), 2) if m in got else "–"
+
+                def versus(values, a, b):
+                    return diff(values[a], values[b]) if a in got and b in got else ["–", "–"]
+                back = (f"{sum(r.metrics().get('went_back') is not None for r in got['plateau'])} of "
+                        f"{len(args.seeds)}" if "plateau" in got else "–")
+                alone = pushed = "–"
+                data = LabelSet(name, args.study_data).data()
+                if "plateau" in got:
+                    alone = pm(*mean_ci([teacher_alone(r, data) for r in got["plateau"]]), 2)
+                if "noguard" in got:
+                    shares = [contradicted(r, data) for r in got["noguard"]]
+                    if None not in shares:
+                        pushed = f"{np.mean(shares):.3f}"
+                        spread.extend(zip(shares, final["noguard"] - final["none"]) if "none" in got else [])
+                fits = [r.metrics() for r in got.get("plain", [])]
+                fit_text = "–" if not fits or not fits[0]["fits_wrong"] else (
+                    f"{np.mean([f['fits_wrong'][f['best_epoch']] for f in fits]):.2f} -> "
+                    f"{np.mean([f['fits_wrong'][-1] for f in fits]):.2f}")
+                rows.append([name, level(final, "plain"), level(final, "none"), level(final, "plateau"),
+                             *versus(final, "none", "plateau"), *versus(final, "plain", "plateau"), back,
+                             versus(final, "none", "noguard")[0], versus(final, "noguard", "plateau")[0],
+                             level(final, "reference"),
+                             *versus(final, "none", "reference"), level(best, "plain"), level(best, "plateau"),
+                             *versus(best, "plain", "plateau"), alone, fit_text, pushed])
+            if rows:
+                text.append(f"\n### Schedule {schedule} ({epochs} epochs, learning rate {lr} x0.1 every {decay}, "
+                            f"{network}), {part}\n\n" + markdown_table(header, rows))
+        a, b = np.array(spread).T if spread else (np.zeros(0), np.zeros(0))
+        if len(spread) > 2 and np.ptp(a) > 0 and np.ptp(b) > 0:  # a correlation needs both to vary
+            text.append(f"\nSchedule {schedule}: correlation of the share of right labels pushed away with BKD without "
+                        f"the guard - no split, over the {len(spread)} runs that split: {np.corrcoef(a, b)[0, 1]:+.2f}\n")
+    return "".join(text)
+
+
+GUARD_CANDIDATES = [(z, epochs) for epochs in (2, 3, 5) for z in (1.0, 1.5, 2.0, 3.0)]  # (GUARD_Z, GUARD_EPOCHS)
+
+
+def guard_table(args, runs):
+    """How candidate settings of the guard (utils.watch: how far below the split's level, within how many epochs)
+    would have done on the runs without it, replayed on their noisy-validation curves: in how many runs each goes
+    back, and the clean test accuracy of the default rule with it against the pair without a split, where a run that
+    goes back is counted at the accuracy of the no-split run of its seed (it continues as that run from the split's
+    networks, a few epochs late: an estimate, which the real guarded runs of the tables above check)."""
+    import utils.watch as watch
+    saved = watch.GUARD_Z, watch.GUARD_EPOCHS
+    rows = []
+    try:
+        for z, epochs in GUARD_CANDIDATES:
+            watch.GUARD_Z, watch.GUARD_EPOCHS = z, epochs
+            row, worst, backs, total = [f"{z:g}", epochs], np.inf, 0, 0
+            for schedule in args.schedules:
+                differences = []
+                for name in dict.fromkeys(n for sch, n, _ in cells(args) if sch == schedule and not confirming(n)):
+                    d = []
+                    for seed in args.seeds:
+                        unguarded = runs[schedule, "noguard", name, seed]
+                        back = guard_goes_back(unguarded.metrics())
+                        backs, total = backs + back, total + 1
+                        guarded = runs[schedule, "none" if back else "noguard", name, seed]
+                        d.append(accuracies(guarded, "x")[0] - accuracies(runs[schedule, "none", name, seed], "x")[0])
+                    differences.append(np.mean(d))
+                worst = min(worst, min(differences))
+                row += [f"{np.mean(differences):+.2f}", f"{min(differences):+.2f}"]
+            rows.append(row + [f"{backs} of {total}", f"{worst:+.2f}"])
+    finally:
+        watch.GUARD_Z, watch.GUARD_EPOCHS = saved
+    header = ["GUARD_Z", "GUARD_EPOCHS"] + [f"{s}: {what}" for s in args.schedules for what in ("mean", "worst row")] + [
+        "runs that go back", "worst row of all"]
+    return ("\n### The guard's settings, replayed on the chosen-on runs without it (BKD with the guard - no split, "
+            "mean over the label sets of each schedule and its worst label set)\n\n" + markdown_table(header, rows))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    sub = p.add_subparsers(dest="command")
+    one = sub.add_parser("one_network", help="(internal) train plain cross-entropy on one label set")
+    for flag in ("label_set", "schedule", "study_data", "out"):
+        one.add_argument(f"--{flag}", required=True)
+    one.add_argument("--seed", type=int, required=True)
+    one.add_argument("--resume", action="store_true", help="(ignored: retrained unless finished)")
+    p.add_argument("--sources", nargs="+", default=list(CHOSEN_SOURCES + NEW_SOURCES),
+                   help=f"image sources of tools/make_study_npz.py, each {', '.join(NOISES)} (the memorise schedule: "
+                        f"their small versions, with wrong labels)")
+    p.add_argument("--schedules", nargs="+", default=list(STUDY_SCHEDULES), choices=list(STUDY_SCHEDULES))
+    p.add_argument("--noises", nargs="+", default=list(NOISES), choices=list(NOISES),
+                   help="label sets of each source (quoted: 'pair 25')")
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                   help="which sides to train (a partial grid, trained first; the tables show '–' for a side not run)")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
+    p.add_argument("--results_dir", default="results/learning_study", help="where the runs and study.md go")
+    p.add_argument("--guard_settings", action="store_true",
+                   help="also replay candidate settings of the guard on the chosen-on runs without it (how the shipped "
+                        "one was chosen)")
+    args = p.parse_args()
+    if args.command == "one_network":
+        return one_network(args)
+    missing = [m for m in (LabelSet(n, args.study_data).missing_file() for _, n, _ in cells(args)) if m]
+    if missing:
+        sys.exit(f"learning_study.py: {missing[0]}")
+    runs = runs_of(args)
+    text = tables(args, runs) + (guard_table(args, runs) if args.guard_settings else "")
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "study.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
