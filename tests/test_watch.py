@@ -110,6 +110,29 @@ def test_the_guard_decides_within_its_epochs():
     assert not any(backs) and watch.state() is None and any("fell after the split" in w for w in m["warnings"])
 
 
+def test_the_guard_can_go_back_at_its_last_epoch():
+    """A fall that first crosses the guard's level at the last epoch it decides in goes back, to the networks of
+    the split (the snapshot must still be there then: a long run of the study crashed on it)."""
+    teacher, student = net(), net()
+    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=0.1, momentum=0.9)
+    watch = Watch(guard=True)
+    watch.keep(teacher, student, optimizer)
+    kept = [p.detach().clone() for p in teacher.parameters()]
+    split = len(RISE + PLATEAU) - 1
+    # level for GUARD_EPOCHS - 1 epochs, then a fall deep enough to pull the mean of all GUARD_EPOCHS below the level
+    curve = RISE + PLATEAU + [PLATEAU[-1]] * (GUARD_EPOCHS - 1) + [PLATEAU[-1] - 40]
+    m = metrics_of([], split)
+    for epoch in range(split + 1, len(curve)):
+        m["val_every_epoch"] = curve[:epoch + 1]
+        with torch.no_grad():
+            for p in teacher.parameters():
+                p.add_(1.0)  # the soft targets move the networks
+        warning, back = watch.check(m, epoch)
+        assert back == (epoch == split + GUARD_EPOCHS), (epoch, m["watch"])
+    watch.go_back(teacher, student, optimizer)
+    assert all(torch.equal(p, k) for p, k in zip(teacher.parameters(), kept)) and watch.state() is None
+
+
 # ---------------------------------------------------------------------------- a run whose accuracy falls
 @pytest.mark.slow
 def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cifar, tmp_path, monkeypatch, capsys):

@@ -79,8 +79,8 @@ class Watch:
                        f"to it ({-z:.1f} times its noise); the final networks may be worse than those of the best "
                        f"epoch (learning.py --checkpoint best)")
         back = self.guard and self.snapshot is not None and z < -GUARD_Z and epoch - split <= GUARD_EPOCHS
-        if epoch - split >= GUARD_EPOCHS:
-            self.snapshot = None  # the guard has decided: no more to keep
+        if epoch - split >= GUARD_EPOCHS and not back:
+            self.snapshot = None  # the guard has decided to stay: no more to keep (go_back drops it otherwise)
         return warning, back
 
     @torch.no_grad()
