@@ -391,10 +391,12 @@ def detect(findings, history, tipping, data, args, metrics):
     scores = history.on_label[tipping % len(history.epoch)].numpy()
     metrics["label_issues_passes"] = dict(tipping=tipping, last=history.epochs())
     g4, flagged, split = findings.at_split(scores, *history.recent())
-    log(f"label_issues.csv comes at the end of the run (epoch {args.n_epoch - 1}), from the final networks' passes; "
-        f"its agreement_given and group are those of the pass of epoch {tipping} (the tipping epoch, as detection.npy),"
-        f" and where the final networks cannot be trusted its ranking and flags are the split's (the passes of epochs "
-        f"{', '.join(map(str, history.epochs()))}, averaged)")
+    held = f"the passes of epochs {', '.join(map(str, history.epochs()))}, averaged"
+    log(f"label_issues.csv comes at the end of the run (epoch {args.n_epoch - 1}), with the final networks' agreement "
+        f"(final_agreement_given); its agreement_given and group are those of the pass of epoch {tipping} (the tipping "
+        f"epoch, as detection.npy), its ranking and flags " + (f"the split's ({held})" if args.judge == "split" else
+                                                               f"the final networks', where they can be trusted, "
+                                                               f"else the split's ({held})"))
     if isinstance(split, str):
         metrics["warnings"].append(f"detection split impossible, nothing in G4: {split}")
         log(f"WARNING: {metrics['warnings'][-1]}")
@@ -467,22 +469,23 @@ def final_passes(teacher, student, full_batches, generator, precision, args):
 
 
 def judge(findings, teacher, student, full_batches, generator, precision, data, args, metrics):
-    """The final networks' judgement (utils.findings) in a run that split: their passes (every rank takes its share),
-    then, in rank 0, label_issues.csv from them, or from the split where the run went back to the labels or its
-    noisy-validation accuracy fell clearly after the split; returns its metrics ({} where there is nothing to judge)."""
+    """label_issues.csv (utils.findings) in a run that split: the final networks' passes (every rank takes its share),
+    then, in rank 0, the table ranked and flagged by the split (--judge split), or by the final networks (--judge
+    final) unless the run went back to the labels or its noisy-validation accuracy fell clearly after the split;
+    returns its metrics ({} where there is nothing to judge)."""
     if metrics["tipping_epoch"] is None:
         return {}
     passes = final_passes(teacher, student, full_batches, generator, precision, args)
     if findings.split is None:  # the other ranks (the pass history lives in rank 0), or no split was possible
         return {}
     trusted = metrics["went_back"] is None and not has_fallen(metrics)
-    ranking, flagged, judged, suggested = findings.final(passes, trusted)
+    ranking, flagged, judged, suggested = findings.final(passes, args.judge == "final" and trusted)
     if args.record_passes:
         record_final(findings.out_dir, passes)
-    what = FINAL_CUT if judged == "final" else f"{SPLIT_CUT} (the split's: the final networks are not trusted)"
+    what = FINAL_CUT if judged == "final" else SPLIT_CUT
     log(f"label_issues.csv: judged by the {'final networks' if judged == 'final' else 'split'}" +
-        ("" if trusted else (" (the run went back to the labels)" if metrics["went_back"] else
-                             " (the noisy-validation accuracy fell after the split)")))
+        ("" if trusted or args.judge == "split" else (" (the run went back to the labels)" if metrics["went_back"]
+                                                      else " (the noisy-validation accuracy fell after the split)")))
     # detection.npy's numbers again, with label_issues.csv's suggestions (how often they are right), as detection.py
     # recomputes them from the run's files
     g4 = findings.split["g4"] if args.detection_npy == "g4" else flagged

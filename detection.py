@@ -85,6 +85,10 @@ def main(args):
             print(f"flagged in label_issues.csv ({flagged_cut(out_dir)}): {column['flagged']}, precision "
                   f"{column['precision']:.4f}, recall {column['recall']:.4f}, F1 {column['f1']:.4f} (G4's F1 "
                   f"{g4_f1(table, kept, truly_noisy):.4f})")
+            final = in_dataset_order(table, "final_agreement_given")[kept]
+            if not np.isnan(final).any():  # a table of an earlier version has no final networks' column
+                ranked = detection_report(np.zeros(len(final), dtype=bool), final, truly_noisy[kept])
+                report["final_ranking"] = {k: ranked[k] for k in ("auroc", "average_precision", "k", "precision_at_k")}
         for line in ranking_lines(report):
             print(line)
     if missing and truly_noisy is not None:
@@ -120,8 +124,7 @@ def run_metrics(out_dir):
 
 def flagged_cut(out_dir):
     """What label_issues.csv's flagged column flags, in words."""
-    judged = run_metrics(out_dir).get("judged_by")
-    return FINAL_CUT if judged == "final" else SPLIT_CUT + ("" if judged is None else " (judged at the split)")
+    return FINAL_CUT if run_metrics(out_dir).get("judged_by") == "final" else SPLIT_CUT
 
 
 def g4_f1(table, kept, truly_noisy):
@@ -153,11 +156,12 @@ def ranking_lines(report):
                   f"AUROC is {_number(report['auroc'])}",
                   f"average precision is {_number(report['average_precision'])}",
                   f"precision at k = {report['k']} (the number truly noisy) is {_number(report['precision_at_k'])}"]
-    column = report.get("flagged_column", {})
-    if column.get("auroc") is not None:
-        lines.append(f"ranking by label_issues.csv's order ({column['ranking']}): AUROC {_number(column['auroc'])}, "
-                     f"average precision {_number(column['average_precision'])}, precision at k = {column['k']} "
-                     f"{_number(column['precision_at_k'])}")
+    final = report.get("final_ranking")
+    if final is not None:
+        lines.append(f"ranking by final_agreement_given (the final networks' agreement; --judge final orders "
+                     f"label_issues.csv by it): AUROC {_number(final['auroc'])}, average precision "
+                     f"{_number(final['average_precision'])}, precision at k = {final['k']} "
+                     f"{_number(final['precision_at_k'])}")
     if "suggestion_accuracy" in report:
         lines.append(f"suggested label = true label for {report['suggestion_correct']} of the "
                      f"{report['flagged_truly_noisy']} flagged images that are truly mislabelled "

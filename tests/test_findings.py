@@ -47,8 +47,8 @@ def test_at_split_writes_the_references_detection_and_keeps_the_split_flags(tmp_
     assert not (tmp_path / "label_issues.csv").exists()  # that comes at the end of the run
 
 
-def test_the_final_networks_judge_when_trusted(tmp_path):
-    """The final passes: image 7 is now clearly the other class in both passes (the split had spared it), image 2
+def test_the_final_networks_judge_with_judge_final(tmp_path):
+    """--judge final, the final networks trusted: image 7 is now clearly the other class in both passes (the split had spared it), image 2
     only in the augmented one: flagged are 3 and 7, ranked by the final agreement on the given label."""
     findings, scores = split_findings(tmp_path)
     plain = LABELS.copy()
@@ -56,7 +56,7 @@ def test_the_final_networks_judge_when_trusted(tmp_path):
     augmented = plain.copy()
     augmented[2] = 1
     passes = [logits(plain), logits(augmented)]
-    ranking, flagged, judged, suggested = findings.final(passes, trusted=True)
+    ranking, flagged, judged, suggested = findings.final(passes, final_judges=True)
     assert judged == "final" and flagged.tolist() == [False, False, False, True, False, False, False, True]
     table = read_label_issues(tmp_path / "label_issues.csv", N)
     agreement = np.mean([probabilities(t.numpy(), s.numpy())[0] for t, s in passes], axis=0)
@@ -69,10 +69,12 @@ def test_the_final_networks_judge_when_trusted(tmp_path):
     assert flagged.tolist() == flag_labels(agreement, LABELS, np.stack([plain, augmented])).tolist()
 
 
-def test_untrusted_final_networks_leave_the_split_judgement(tmp_path):
+def test_the_split_judges_by_default_and_where_the_final_networks_are_not_trusted(tmp_path):
+    """--judge split (the default), or final networks that cannot be trusted: the table is the split's, ranked by the
+    tipping pass, with the split's suggestions and flags; the final networks' agreement is still written."""
     findings, scores = split_findings(tmp_path)
     passes = [logits(1 - LABELS), logits(1 - LABELS)]  # final networks that refuse every label
-    ranking, flagged, judged, suggested = findings.final(passes, trusted=False)
+    ranking, flagged, judged, suggested = findings.final(passes, final_judges=False)
     assert judged == "split" and flagged.tolist() == findings.split["flagged"].tolist()
     table = read_label_issues(tmp_path / "label_issues.csv", N)
     assert table["index"].tolist() == np.argsort(scores, kind="stable").tolist()  # by the tipping pass
@@ -93,5 +95,5 @@ def test_detection_npy_flagged_comes_at_the_end(tmp_path):
     findings = Findings(data(), str(tmp_path), "flagged")
     findings.at_split(np.linspace(0.01, 0.99, N), np.eye(C)[LABELS], np.tile(LABELS, (5, 1)))
     assert not (tmp_path / "detection.npy").exists() and (tmp_path / "detection_scores.npy").exists()
-    _, flagged, _, _ = findings.final([logits(LABELS), logits(LABELS)], trusted=True)
+    _, flagged, _, _ = findings.final([logits(LABELS), logits(LABELS)], final_judges=True)
     assert np.array_equal(np.load(tmp_path / "detection.npy"), flagged)

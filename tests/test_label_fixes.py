@@ -231,6 +231,7 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     assert lines[1] == f"flagged as noisy: {flagged.sum()} of 95 images kept"
     assert lines[2] == "truly noisy: 24"  # the reference's line as it is; the first line says what it counts
     written = json.loads((d / "detection.json").read_text())
+    assert set(written.pop("final_ranking")) == {"auroc", "average_precision", "k", "precision_at_k"}
     column = written.pop("flagged_column")  # the flagged column of label_issues.csv, scored on the kept images too
     assert written == m["detection"] and column["images"] == 95 and column == dict(m["flagged"],
                                                                                  ranking=ranking_column(m))

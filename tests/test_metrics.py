@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
+from data import load_dataset
 from tests.conftest import N_SYNTHETIC, run
 from utils.bkd import precision_recall_f1
-from utils.label_issues import read_label_issues, write_label_issues
+from utils.findings import SPLIT_CUT
+from utils.label_issues import in_dataset_order, read_label_issues, write_label_issues
 from utils.metrics import auroc, average_precision, detection_report, precision_at_k, precision_recall_curve
-from utils.findings import FINAL_CUT
 
 # Five samples, most suspicious first; the two at 0.8 are tied, one of them mislabelled.
 SUSPICION = [0.9, 0.8, 0.8, 0.5, 0.3]
@@ -110,17 +111,20 @@ def test_detection_script_reports_the_ranking(synthetic_run):
     assert not (d / "label_fixes_suggested.csv").exists()  # no fixes without a review (docs/review.md)
     assert lines[2] == f"precision is {m['precision']}"  # the reference's lines stay first (tests/test_scripts.py)
     # the flagged column beside the reference's G4, both scored as the training script scored them
-    assert metrics["judged_by"] == "final"  # the final networks judged this run: the flags and the order are theirs
-    assert lines[6] == (f"flagged in label_issues.csv ({FINAL_CUT}): "
+    assert metrics["judged_by"] == "split"  # the default --judge split: the flags and the order are the split's
+    assert lines[6] == (f"flagged in label_issues.csv ({SPLIT_CUT}): "
                         f"{column['flagged']}, precision {column['precision']:.4f}, recall {column['recall']:.4f}, "
                         f"F1 {column['f1']:.4f} (G4's F1 {m['f1']:.4f})")
+    written = json.loads((d / "detection.json").read_text())
+    final = written["final_ranking"]
     assert lines[7:] == [
         "ranking by detection_scores.npy (low agreement on the given label = suspicious):",
         f"AUROC is {m['auroc']:.4f}",
         f"average precision is {m['average_precision']:.4f}",
         f"precision at k = {m['truly_noisy']} (the number truly noisy) is {m['precision_at_k']:.4f}",
-        f"ranking by label_issues.csv's order (final_agreement_given): AUROC {column['auroc']:.4f}, average precision "
-        f"{column['average_precision']:.4f}, precision at k = {column['k']} {column['precision_at_k']:.4f}",
+        f"ranking by final_agreement_given (the final networks' agreement; --judge final orders label_issues.csv by "
+        f"it): AUROC {final['auroc']:.4f}, average precision {final['average_precision']:.4f}, precision at k = "
+        f"{final['k']} {final['precision_at_k']:.4f}",
         f"suggested label = true label for {m['suggestion_correct']} of the {m['flagged_truly_noisy']} flagged "
         f"images that are truly mislabelled ({m['suggestion_accuracy']:.4f})",
         f"written: {d / 'detection.json'}",
@@ -128,8 +132,12 @@ def test_detection_script_reports_the_ranking(synthetic_run):
         "(docs/review.md); review review.html and train with the fixes it downloads",
         f"written: {d / 'review.html'} ({cards} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)"]
     # detection.json: the numbers the training script stored, recomputed from the files of the run directory
-    written = json.loads((d / "detection.json").read_text())
-    assert written.pop("flagged_column") == dict(column, ranking="final_agreement_given") and written == m
+    final = written.pop("final_ranking")  # the final networks' ranking, from the table's column
+    truly_noisy = load_dataset("synthetic", "worst", None).noise_or_not
+    by_hand = detection_report(np.zeros(N_SYNTHETIC, bool), in_dataset_order(table, "final_agreement_given"),
+                               truly_noisy)
+    assert final == {k: by_hand[k] for k in final} and final["auroc"] > m["auroc"]  # it ranks better here
+    assert written.pop("flagged_column") == dict(column, ranking="agreement_given") and written == m
     assert m["auroc"] > 0.85 and m["average_precision"] > 0.8  # BKD ranks the mislabelled images first
     assert m["suggestion_accuracy"] > 0.5  # far above chance (1 / 9 among the other classes)
 

@@ -353,8 +353,8 @@ def test_synthetic_page_cards_order_captions_and_ground_truth(browser, synthetic
     for c, r in zip(shown, rows):
         assert c["idx"] == f"#{table['index'][r]}" and c["file"] is None  # synthetic images have no files
         assert c["given"] == table["given_class"][r] and c["suggested"] == table["suggested_class"][r]
-        score = table["final_agreement_given"][r]  # the ranking's score (the final networks judged); 3 decimals, or
-        # 2 significant digits below 0.001
+        score = table["agreement_given"][r]  # the ranking's score (the split judged); 3 decimals, or 2 significant
+        # digits below 0.001
         assert abs(float(c["score"]) - score) <= (0.0005 if score >= 0.001 else 0.051 * score) + 1e-12, (c, score)
         assert c["badge"] is None and c["truth"] is None
     assert shown[0]["current"] and sum(c["current"] for c in shown) == 1

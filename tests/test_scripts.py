@@ -8,7 +8,7 @@ import torch
 
 from models import build_model
 from tests.conftest import N_SYNTHETIC, SYNTHETIC_EPOCHS, run, write_pickle
-from utils.findings import FINAL_CUT
+from utils.findings import SPLIT_CUT
 from utils.flagging import flag_labels, probabilities
 from utils.label_issues import in_dataset_order, read_label_issues
 from utils.tipping import PATIENCE, history_slots
@@ -45,12 +45,12 @@ def test_training_writes_every_output(synthetic_run):
     # which passes label_issues.csv's columns come from: the tipping epoch's, and the last 5 before the split
     newest = m["tipping_found_epoch"] - (m["tipping_epoch"] != m["tipping_found_epoch"])
     assert m["label_issues_passes"] == dict(tipping=m["tipping_epoch"], last=list(range(newest - 4, newest + 1)))
-    assert (f"label_issues.csv comes at the end of the run (epoch {SYNTHETIC_EPOCHS - 1}), from the final networks' "
-            f"passes; its agreement_given and group are those of the pass of epoch {m['tipping_epoch']} (the tipping "
-            f"epoch, as detection.npy), and where the final networks cannot be trusted its ranking and flags are the "
-            f"split's (the passes of epochs {', '.join(map(str, range(newest - 4, newest + 1)))}, averaged)"
+    assert (f"label_issues.csv comes at the end of the run (epoch {SYNTHETIC_EPOCHS - 1}), with the final networks' "
+            f"agreement (final_agreement_given); its agreement_given and group are those of the pass of epoch "
+            f"{m['tipping_epoch']} (the tipping epoch, as detection.npy), its ranking and flags the split's (the "
+            f"passes of epochs {', '.join(map(str, range(newest - 4, newest + 1)))}, averaged)"
             ) in synthetic_run["train"].stdout
-    assert "label_issues.csv: judged by the final networks\n" in synthetic_run["train"].stdout
+    assert "label_issues.csv: judged by the split\n" in synthetic_run["train"].stdout and m["judged_by"] == "split"
     assert set(m["train_split"]) == {"upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold"}
     assert sum(m["group_sizes"].values()) == N_SYNTHETIC * 0.9
     assert m["detection"]["flagged"] == flagged.sum()
@@ -93,7 +93,7 @@ def test_detection_script_reports_precision_recall_f1(synthetic_run):
     assert lines[5] == "(flagging every label would score F1 0.5735)"  # 2 * 0.402 / 1.402
     # then the flagged column of label_issues.csv, side by side with G4's F1 (here G4 is detection.npy)
     flagged = json.loads((synthetic_run["dir"] / "metrics.json").read_text())["flagged"]
-    assert lines[6] == (f"flagged in label_issues.csv ({FINAL_CUT}): {flagged['flagged']}, precision "
+    assert lines[6] == (f"flagged in label_issues.csv ({SPLIT_CUT}): {flagged['flagged']}, precision "
                         f"{flagged['precision']:.4f}, recall {flagged['recall']:.4f}, F1 {flagged['f1']:.4f} (G4's F1 "
                         f"{m['f1']:.4f})")
     report = json.loads((synthetic_run["dir"] / "detection.json").read_text())
@@ -101,7 +101,7 @@ def test_detection_script_reports_precision_recall_f1(synthetic_run):
 
 
 def test_the_flagged_column_is_the_flagged_cut_and_detection_npy_stays_g4(synthetic_run):
-    """label_issues.csv flags what utils.findings.FINAL_CUT flags (more of the wrong labels than G4 on these);
+    """label_issues.csv flags what the split's cut flags (utils.flagging; more of the wrong labels than G4 on these);
     detection.npy stays G4, the reference's detection, so challenge and paper numbers stay comparable."""
     d = synthetic_run["dir"]
     m = json.loads((d / "metrics.json").read_text())
@@ -245,18 +245,21 @@ def test_full_set_pass_runs_only_until_the_tipping_epoch_is_found(fake_cifar, tm
 
 
 def test_detection_npy_flagged_holds_the_flagged_column(fake_run):
-    """--detection_npy flagged writes the flagged column of label_issues.csv into detection.npy, and says so; the
-    column is utils.flagging.flag_labels of the final networks' two passes (recomputed here from the passes
-    --record_passes saved: the agreement averaged, the teacher's predicted classes), or, where the final networks are
-    not trusted, of the last full-set passes before the split."""
+    """--detection_npy flagged writes the flagged column of label_issues.csv into detection.npy, and says so; with
+    --judge final the column is utils.flagging.flag_labels of the final networks' two passes (recomputed here from
+    the passes --record_passes saved: the agreement averaged, the teacher's predicted classes) and the table is in
+    the order of their agreement, or, where the final networks are not trusted, the last full-set passes' before the
+    split."""
     result = run("blind_knowledge_dist_training.py", *fake_run["flags"], "--results_dir", fake_run["tmp"] / "r",
-                 "--detection_npy", "flagged", "--record_passes")
+                 "--detection_npy", "flagged", "--record_passes", "--judge", "final")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     d = fake_run["tmp"] / "r" / "cifar10_worst_seed_0"
     table = read_label_issues(d / "label_issues.csv", 100)
     assert np.array_equal(np.load(d / "detection.npy"), in_dataset_order(table, "flagged"))
     m = json.loads((d / "metrics.json").read_text())
     assert m["detection"]["flagged"] == m["flagged"]["flagged"] and "detection.npy (flagged) flags" in result.stdout
+    assert f"label_issues.csv: judged by the {'final networks' if m['judged_by'] == 'final' else 'split ('}" in \
+        result.stdout
     if m["judged_by"] == "final":
         with np.load(d / "passes" / "final.npz") as z:
             passes = [(z[f"{k}_teacher"], z[f"{k}_student"]) for k in ("plain", "aug")]

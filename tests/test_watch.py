@@ -151,7 +151,8 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 3 // 2) % 10})
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
              tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
-             "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--results_dir", tmp_path / "r"]
+             "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--results_dir", tmp_path / "r",
+             "--judge", "final"]  # so that the split judges only because the run went back
     real_check = Watch.check
 
     def falling(self, metrics, epoch):

@@ -83,11 +83,16 @@ def get_args_parser(description):
                         "back to the networks of the split and to the given labels, one-hot, for the rest of the "
                         "schedule (docs/learning.md); --no-guard keeps the soft targets whatever happens. Never with "
                         "--tipping_rule reference, the paper's method. A clear fall warns under every rule")
+    g.add_argument("--judge", default="split", choices=("split", "final"),
+                   help="what ranks and flags label_issues.csv: split = the passes held at the split (the default: "
+                        "the final networks' judgement failed its pre-registered confirmation, flagging worse on "
+                        "four of eight confirming label sets, docs/detection.md); final = the final networks' two "
+                        "full-set passes, where they can be trusted. Both write the final networks' agreement as "
+                        "the final_agreement_given column")
     g.add_argument("--detection_npy", default="g4", choices=("g4", "flagged"),
                    help="what detection.npy holds: g4 = the reference's detection (the lowest group of the Otsu split), "
                         "so challenge and paper numbers stay comparable, written at the split; flagged = the flagged "
-                        "column of label_issues.csv (the final networks' judgement, written at the end of the run: "
-                        "docs/detection.md)")
+                        "column of label_issues.csv (written with it at the end of the run: docs/detection.md)")
     g.add_argument("--record_passes", action="store_true",
                    help="for the studies (tools/): save every epoch's full-set pass until the split and the final "
                         "networks' two passes (both networks' logits) in <run>/passes/, so rules can be replayed "

@@ -4,13 +4,15 @@
   `detection.npy` (G4 of the modified Otsu split of the tipping pass's agreement on each given label) and
   `detection_scores.npy` (that agreement). The run also keeps what the passes held at the split suggest and flag
   (utils.flagging.flag_labels): the fallback of the end of the run.
-- At the end of the run: the judgement of the final networks, trained on to the end of the schedule with the
-  suspected labels down-weighted and the learning rate decayed: two full-set passes of both networks (one without
-  augmentation, one with crops and flips drawn from a generator seeded by the run's seed, so a resumed run makes the
-  same passes), which rank every label (FINAL_RANKING, label_issues.csv's `final_agreement_given` column, its order
-  and the review page's) and flag the wrong ones (FINAL_CUT). Where the final networks cannot be trusted (the watch
+- At the end of the run: label_issues.csv, with the final networks' agreement on every label beside the split's:
+  two full-set passes of both networks, trained on to the end of the schedule with the suspected labels
+  down-weighted and the learning rate decayed (one pass without augmentation, one with crops and flips drawn from a
+  generator seeded by the run's seed, so a resumed run makes the same passes): FINAL_RANKING, the
+  `final_agreement_given` column. The table is ranked and flagged by the split (the default, --judge split) or by
+  the final networks (--judge final: that ranking, and FINAL_CUT), except where they cannot be trusted (the watch
   after the split went back to the labels, or their noisy-validation accuracy fell below the split's beyond its
-  noise: utils.watch), the ranking and the flags stay the split's. Chosen by tools/ranking_study.py
+  noise: utils.watch). On the confirming label sets of tools/ranking_study.py the final networks flagged worse
+  than the split on four of eight, so their pre-registered confirmation failed and the split judges by default
   (docs/detection.md). numpy, and torch for the passes."""
 import numpy as np
 import torch
@@ -63,16 +65,17 @@ class Findings:
         return g4, flagged, split
 
     @torch.inference_mode()
-    def final(self, passes, trusted):
-        """The final networks' judgement: `passes`, [(teacher logits, student logits)] of the full set (N, C each),
-        and whether they can be trusted (else the split's ranking and flags stay). Writes label_issues.csv (and
-        detection.npy with --detection_npy flagged); returns (the ranking score: agreement on the given label, the
-        flags, which of the two judged: "final" or "split", the suggested labels)."""
+    def final(self, passes, final_judges):
+        """label_issues.csv at the end of the run: `passes`, [(teacher logits, student logits)] of the final networks
+        over the full set (N, C each), their agreement on each label written beside the split's; ranked and flagged
+        by them where `final_judges` (--judge final, and they can be trusted), else by the split. Writes the table
+        (and detection.npy with --detection_npy flagged); returns (the ranking score: agreement on the given label,
+        the flags, which of the two judged: "final" or "split", the suggested labels)."""
         kept, labels = self.data.kept, self.data.noisy_labels
         agreement = np.mean([torch.softmax(t.double() + s.double(), dim=1).cpu().numpy() for t, s in passes], axis=0)
         teacher_predicted = np.stack([t.argmax(dim=1).cpu().numpy() for t, _ in passes])
         final_given = as_written(agreement[np.arange(len(labels)), labels])  # the file's order is its scores' order
-        if trusted:
+        if final_judges:
             judged, ranking, flagged = "final", final_given, flag_labels(agreement, labels, teacher_predicted) & kept
             suggested, agreement_suggested = agreement.argmax(axis=1), agreement.max(axis=1)
         else:
@@ -84,7 +87,7 @@ class Findings:
                                self.data.train_files, self.data.dropped, final_given=final_given, ranking=ranking)
             if self.detection_npy == "flagged":
                 save_npy(f"{self.out_dir}/detection.npy", flagged)
-        return ranking, flagged, judged, suggested
+        return as_written(ranking), flagged, judged, suggested  # its scores as a reader of the file gets them
 
     def state(self):
         return None if self.split is None else {k: (None if v is None else torch.as_tensor(v))
