@@ -120,10 +120,12 @@ def test_run_writes_the_table(synthetic_run):
     assert tuple(header) == COLUMNS and len(rows) == N_SYNTHETIC
     table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)  # also checks: each index exactly once
     assert sorted(table["index"]) == list(range(N_SYNTHETIC))
-    # most to least suspicious: ascending final agreement on the given label (the final networks judged this run)
+    # most to least suspicious: ascending agreement on the given label of the tipping pass (the split judged this
+    # run, the default); the final networks' agreement is written beside it
     m = json.loads((d / "metrics.json").read_text())
-    assert m["judged_by"] == "final" and np.all(np.diff(table["final_agreement_given"]) >= 0)  # 6 digits keep it
+    assert m["judged_by"] == "split" and np.all(np.diff(table["agreement_given"]) >= 0)
     assert np.all((table["final_agreement_given"] >= 0) & (table["final_agreement_given"] <= 1))
+    assert not np.array_equal(np.argsort(table["final_agreement_given"], kind="stable"), np.arange(N_SYNTHETIC))
     # agreement_given is the tipping pass's, as detection_scores.npy (the reference's ranking)
     scores = np.load(d / "detection_scores.npy")
     a = table["agreement_given"]
@@ -134,7 +136,7 @@ def test_run_writes_the_table(synthetic_run):
     assert set(groups) <= {1, 2, 3, 4} and np.array_equal(groups[order] == 4, np.load(d / "detection.npy"))
     lower_mean = m["detection_split"]["lower_mean"]
     assert np.all(a[groups == 4] < lower_mean) and np.all(a[groups != 4] >= lower_mean * (1 - 1e-5))
-    # the flagged column: the suggestion (of the final passes) is not the given label, and the teacher refused it
+    # the flagged column: the suggestion (of the split's last passes) is not the given label, and the teacher refused it
     # (a subset of the differing suggestions: tests/test_scripts.py recomputes it from recorded passes)
     differs = table["suggested_label"] != table["given_label"]
     assert np.all(differs[table["flagged"]]) and table["flagged"].sum() <= differs.sum()
