@@ -9,7 +9,6 @@ in the run directory. It also writes review.html, a page to review the flagged a
 the label fixes to train with (--label_fixes). It suggests no fixes without a review: every policy that acts on the
 findings alone cost accuracy on some label set of tools/fix_policy_study.py (docs/review.md), so an earlier version's
 label_fixes_suggested.csv is removed."""
-import json
 import os
 
 import numpy as np
@@ -17,8 +16,8 @@ import numpy as np
 from data.fixes import as_row, file_sha256
 from utils import InputError
 from utils.bkd import precision_recall_f1
+from utils.checkpoint import save_json, saved_metrics
 from utils.findings import FINAL_CUT, SPLIT_CUT
-from utils.checkpoint import save_json
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.label_issues import in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues
 from utils.metrics import detection_report
@@ -78,7 +77,7 @@ def main(args):
         baseline = precision_recall_f1(np.ones(kept.sum(), dtype=bool), truly_noisy[kept])[2]
         print(f"(flagging every label would score F1 {baseline:.4f})")
         if table is not None:
-            column_name = ranking_column(run_metrics(out_dir))
+            column_name = ranking_column(saved_metrics(out_dir))
             report["flagged_column"] = column = detection_report(
                 in_dataset_order(table, "flagged")[kept], in_dataset_order(table, column_name)[kept], truly_noisy[kept])
             report["flagged_column"]["ranking"] = column_name
@@ -104,7 +103,7 @@ def main(args):
         return
     print(no_suggested_fixes_line(os.path.join(out_dir, "label_fixes_suggested.csv")))
     path = os.path.join(out_dir, "review.html")
-    cards = review_cards(table, data, args.review_max_images, ranking_column(run_metrics(out_dir)))
+    cards = review_cards(table, data, args.review_max_images, ranking_column(saved_metrics(out_dir)))
     size = write_review_page(path, run=review_header(args, out_dir, data, table, report, len(cards)),
                              cards=cards, images=data.train_images[[c["index"] for c in cards]],
                              class_names=class_names(data), storage_key=storage_key(out_dir),
@@ -112,19 +111,9 @@ def main(args):
     print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
 
 
-def run_metrics(out_dir):
-    """The run's metrics.json as a dict ({} when it cannot be read: a run copied without it)."""
-    try:
-        with open(os.path.join(out_dir, "metrics.json")) as f:
-            metrics = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
-
-
 def flagged_cut(out_dir):
     """What label_issues.csv's flagged column flags, in words."""
-    return FINAL_CUT if run_metrics(out_dir).get("judged_by") == "final" else SPLIT_CUT
+    return FINAL_CUT if saved_metrics(out_dir).get("judged_by") == "final" else SPLIT_CUT
 
 
 def g4_f1(table, kept, truly_noisy):
@@ -193,7 +182,7 @@ def review_cards(table, data, cap, score_column="agreement_given"):
 
 def review_header(args, out_dir, data, table, report, shown):
     """The facts the page's header shows."""
-    tipping_epoch = run_metrics(out_dir).get("tipping_epoch")  # None without metrics.json: the page says "unknown"
+    tipping_epoch = saved_metrics(out_dir).get("tipping_epoch")  # None without metrics.json: the page says "unknown"
     # the page shows the flagged column in the table's order: its precision, recall and F1, and that order's AUROC
     # and AP (the final networks' ranking where they judged, else the tipping pass's, detection_scores.npy)
     column = report.get("flagged_column", {})
