@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -23,17 +22,17 @@ from models import build_model
 from utils import InputError, RunError, atomic_write
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
-                              save_json, save_npy, save_npz, save_state, saved_metrics)
+                              save_json, save_npz, save_state, saved_metrics)
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
-from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, resolve_precision, seed_everything,
-                          synchronize)
+from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, prediction_reading, resolve_precision,
+                          seed_everything, synchronize)
 from utils.findings import FINAL_CUT, FINAL_SEED, SPLIT_CUT, SPLIT_NAMES, Findings, record_final
 from utils.history import PassHistory
 from utils.metrics import detection_report
 from utils.step import TrainStep, graph_capturable
 from utils.tipping import DEFAULT_RULE, find_tipping, history_slots, premature_split
-from utils.watch import Watch, has_fallen
+from utils.watch import Watch, distrust
 
 MAIN_PROCESS = True  # under torchrun only rank 0 logs and writes files
 
@@ -164,7 +163,7 @@ def main(args):
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
     findings = Findings(data, out_dir, args.detection_npy, MAIN_PROCESS)  # detection at the split, judgement at the end
     watching = len(val_idx) > 0 and args.tipping_rule != "none"  # the noisy validation accuracy of every epoch
-    watch = Watch(guard=watching and args.guard and args.tipping_rule == DEFAULT_RULE)
+    watch = Watch(guard=watching and args.guard and args.tipping_rule == DEFAULT_RULE, val_labels=labels[val_idx])
 
     metrics = dict(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
                    cuda_graph=use_graph, label_fixes=fixes, confidence=[], train_fit=[],
@@ -292,9 +291,10 @@ def main(args):
         # ------------------------------------------------------------ evaluation, and the watch after the split
         last = epoch == args.n_epoch - 1
         due = epoch % args.noisy_val_freq == 0 or last
-        val_acc = accuracy(eval_teacher, eval_student, val_batches, precision) if due or watching else None
+        val_acc, val_top = (prediction_reading(eval_teacher, eval_student, val_batches, precision) if due or watching
+                            else (None, None))
         if watching:
-            metrics["val_every_epoch"].append(val_acc)
+            watch.record(metrics, val_acc, val_top)
         if due:
             metrics["val"].append(dict(epoch=epoch, accuracy=val_acc))
             log(f"noisy validation accuracy: {val_acc:.2f} % (epoch {epoch})")
@@ -433,15 +433,17 @@ def report(mask, scores, suggested, data, what):
 
 
 def watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
-    """The watch after an epoch past the split (utils.watch), until the run goes back to the labels: a warning when
+    """The watch after an epoch past the split (utils.watch): until the run goes back to the labels, a warning when
     the noisy-validation accuracy fell clearly, and, under the default rule, going back to the networks of the split
-    and the given labels when the soft targets make them worse. True when it went back."""
-    if metrics["tipping_epoch"] is None or epoch <= metrics["tipping_found_epoch"] or metrics["went_back"]:
+    and the given labels when the soft targets make them worse; throughout, a warning when the networks collapse onto
+    one class. True when it went back."""
+    if metrics["tipping_epoch"] is None or epoch <= metrics["tipping_found_epoch"]:
         return False
-    warning, back = watch.check(metrics, epoch)
-    if warning is not None:
-        metrics["warnings"].append(warning)
-        log(f"WARNING: {warning}")
+    warning, back = (None, False) if metrics["went_back"] else watch.check(metrics, epoch)
+    for warning in (warning, watch.collapsed(metrics, epoch)):
+        if warning is not None:
+            metrics["warnings"].append(warning)
+            log(f"WARNING: {warning}")
     if back:
         watch.go_back(teacher, student, optimizer)
         metrics["went_back"] = dict(metrics["watch"])
@@ -471,21 +473,21 @@ def final_passes(teacher, student, full_batches, generator, precision, args):
 def judge(findings, teacher, student, full_batches, generator, precision, data, args, metrics):
     """label_issues.csv (utils.findings) in a run that split: the final networks' passes (every rank takes its share),
     then, in rank 0, the table ranked and flagged by the split (--judge split), or by the final networks (--judge
-    final) unless the run went back to the labels or its noisy-validation accuracy fell clearly after the split;
-    returns its metrics ({} where there is nothing to judge)."""
+    final) unless the run went back to the labels, its noisy-validation accuracy fell clearly after the split or its
+    networks collapsed onto one class (utils.watch.distrust); returns its metrics ({} where there is nothing to
+    judge)."""
     if metrics["tipping_epoch"] is None:
         return {}
     passes = final_passes(teacher, student, full_batches, generator, precision, args)
     if findings.split is None:  # the other ranks (the pass history lives in rank 0), or no split was possible
         return {}
-    trusted = metrics["went_back"] is None and not has_fallen(metrics)
-    ranking, flagged, judged, suggested = findings.final(passes, args.judge == "final" and trusted)
+    untrusted = distrust(metrics)  # why the final networks cannot judge, or None
+    ranking, flagged, judged, suggested = findings.final(passes, args.judge == "final" and untrusted is None)
     if args.record_passes:
         record_final(findings.out_dir, passes)
     what = FINAL_CUT if judged == "final" else SPLIT_CUT
     log(f"label_issues.csv: judged by the {'final networks' if judged == 'final' else 'split'}" +
-        ("" if trusted or args.judge == "split" else (" (the run went back to the labels)" if metrics["went_back"]
-                                                      else " (the noisy-validation accuracy fell after the split)")))
+        ("" if untrusted is None or args.judge == "split" else f" ({untrusted})"))
     # detection.npy's numbers again, with label_issues.csv's suggestions (how often they are right), as detection.py
     # recomputes them from the run's files
     g4 = findings.split["g4"] if args.detection_npy == "g4" else flagged

@@ -1,6 +1,6 @@
 """The watch after the split (utils/watch.py): how far the noisy-validation accuracy fell, in units of its own noise;
 the warning and the guard on hand-made curves; going back puts the split's networks and momentum into the tensors a
-captured step updates."""
+captured step updates; a collapse onto one class, measured from the validation pass's predictions."""
 import math
 
 import numpy as np
@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from utils.tipping import noise_level
-from utils.watch import BASELINE, GUARD_EPOCHS, GUARD_Z, NOISE_FLOOR, WARN_Z, Watch, fall
+from utils.engine import accuracy, prediction_reading
+from utils.watch import (BASELINE, COLLAPSE_EPOCHS, COLLAPSED, GUARD_EPOCHS, GUARD_Z, NOISE_FLOOR, WARN_Z, Watch,
+                         collapse, collapse_level, fall)
 
 RNG = np.random.default_rng(0)
 RISE = list(np.linspace(30, 60, 10))  # learning, then the plateau the split is made on
@@ -133,32 +135,112 @@ def test_the_guard_can_go_back_at_its_last_epoch():
     assert all(torch.equal(p, k) for p, k in zip(teacher.parameters(), kept)) and watch.state() is None
 
 
+# ---------------------------------------------------------------------------- a collapse onto one class
+def test_collapse_level_is_halfway_from_the_largest_label_share_to_all():
+    assert collapse_level(0.1) == pytest.approx(0.55) and collapse_level(1 / 9) == pytest.approx(5 / 9)
+    assert collapse_level(0.6) == pytest.approx(0.8)  # a majority class of the labels raises the level
+
+
+def test_collapse_by_hand():
+    """COLLAPSE_EPOCHS epochs in a row above the level, all after the split: the sentence names the share, the labels'
+    largest share and what to do; one epoch at or below the level, or too few epochs after the split: nothing."""
+    level = collapse_level(0.15)
+    split = 3
+    shares = [0.9, 0.95, 0.3, 0.2, 0.99, 1.0]  # collapsed early in training too: only the epochs after the split count
+    said = collapse(shares, 0.15, split, 5)
+    assert said.startswith(COLLAPSED) and "100% of the validation images" in said and "15%" in said
+    assert "learning.py --checkpoint best" in said and "--tipping_rule none" in said
+    assert collapse(shares[:5], 0.15, split, 4) is None  # one epoch after the split only
+    assert collapse(shares[:4] + [level, 1.0], 0.15, split, 5) is None  # at the level is not above it
+    assert collapse(shares[:4] + [1.0, level - 0.01], 0.15, split, 5) is None  # the newest epoch recovered
+    assert COLLAPSE_EPOCHS == 2
+
+
+def test_the_collapse_warning_comes_once_and_only_with_validation_labels():
+    labels = np.arange(50) % 10
+    watch, unwatched = Watch(guard=False, val_labels=labels), Watch(guard=False)
+    assert watch.label_share == pytest.approx(0.1) and unwatched.label_share is None
+    split = 4
+    m = dict(metrics_of([], split), warnings=[])
+    said = []
+    for epoch, (acc, share) in enumerate([(20, 0.5), (30, 0.3), (40, 0.2), (45, 0.2), (45, 0.2), (10, 1.0),
+                                          (10, 1.0), (10, 1.0), (12, 0.98)]):
+        Watch.record(m, acc, share)
+        if epoch > split:
+            assert unwatched.collapsed(m, epoch) is None
+            warning = watch.collapsed(m, epoch)
+            if warning:
+                said.append(epoch)
+                m["warnings"].append(warning)
+    assert said == [split + 2] and m["val_every_epoch"][-1] == 12 and m["val_top_class_share"][-1] == 0.98
+
+
+def test_distrust_names_why_the_final_networks_cannot_judge():
+    """utils.findings falls back to the split's judgement for each of these: going back first, then a fall, then a
+    collapse; a run with none of them (another warning only) is trusted."""
+    from utils.watch import FELL, distrust
+    m = dict(went_back=None, warnings=["the split at epoch 5 (tipping epoch 1) looks premature: ..."])
+    assert distrust(m) is None
+    m["warnings"].append(collapse([0.9, 0.9, 0.9], 0.1, 0, 2))
+    assert distrust(m) == "the networks collapsed onto one class"
+    m["warnings"].append(f"{FELL} (epoch 3): ...")
+    assert distrust(m) == "the noisy-validation accuracy fell after the split"
+    m["went_back"] = dict(z=-2.0)
+    assert distrust(m) == "the run went back to the labels"
+
+
+def test_record_keeps_a_state_saved_before_the_collapse_was_watched():
+    m = dict(val_every_epoch=[10.0, 20.0])  # a run resumed from a state without val_top_class_share
+    Watch.record(m, 30.0, 0.4)
+    assert m == dict(val_every_epoch=[10.0, 20.0, 30.0], val_top_class_share=[0.4])
+
+
+def test_prediction_reading_is_the_accuracy_and_the_largest_predicted_share():
+    """One pass gives the accuracy accuracy() gives and the share of the images in the class predicted most."""
+    from data.pipeline import DeviceBatches, to_device_images
+    from utils.engine import agreement_pass
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    images = to_device_images(RNG.integers(0, 256, (37, 8, 8, 3), dtype=np.uint8), "reflect", torch.device("cpu"))
+    labels = torch.arange(37) % 4
+    batches = DeviceBatches(images, labels, None, ((0.5,) * 3, (0.25,) * 3), 10)
+    predicted = agreement_pass(teacher, student, batches)[1]
+    acc, top = prediction_reading(teacher, student, batches)
+    assert acc == accuracy(teacher, student, batches)
+    assert top == pytest.approx(torch.bincount(predicted).max().item() / 37)
+    with torch.no_grad():  # a network that predicts one class for every image
+        for net_ in (teacher, student):
+            net_[1].weight.zero_()
+            net_[1].bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))
+    assert prediction_reading(teacher, student, batches) == (pytest.approx(100 * 9 / 37), 1.0)
+
+
 # ---------------------------------------------------------------------------- a run whose accuracy falls
-@pytest.mark.slow
-def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cifar, tmp_path, monkeypatch, capsys):
-    """The default rule on the fake CIFAR-10 run that splits (tests/test_resume.py's), its noisy-validation accuracy
-    made to fall by 30 points in every epoch after the split: the log warns at the epoch and again in the final
-    summary, metrics.json keeps it, the run goes back to the networks of the split and the given labels, and
-    label_issues.csv stays the split's judgement (ranked by the tipping pass, the split's flags)."""
+def collapse_after_the_split(monkeypatch):
+    """Every validation pass after the split reads as if the pair put all the images in one class."""
+    real_record = Watch.record
+
+    def collapsing(metrics, accuracy, top_share):
+        real_record(metrics, accuracy, 1.0 if metrics["tipping_found_epoch"] is not None else top_share)
+    monkeypatch.setattr(Watch, "record", staticmethod(collapsing))
+
+
+def train_fake_run(fake_cifar, tmp_path, capsys, *extra):
+    """The fake CIFAR-10 run that splits (tests/test_resume.py's), in-process, judged by the final networks where
+    they can be trusted (--judge final); (its log, its folder, its metrics)."""
     import json
     import signal
 
     import blind_knowledge_dist_training as script
     from tests.conftest import write_pickle
     from utils.cli import check_args, get_args_parser
-    from utils.label_issues import in_dataset_order, read_label_issues
     clean = fake_cifar["labels10"]
     write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 3 // 2) % 10})
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
              tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
              "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--results_dir", tmp_path / "r",
-             "--judge", "final"]  # so that the split judges only because the run went back
-    real_check = Watch.check
-
-    def falling(self, metrics, epoch):
-        metrics["val_every_epoch"][-1] -= 30
-        return real_check(self, metrics, epoch)
-    monkeypatch.setattr(Watch, "check", falling)
+             "--judge", "final", *extra]  # so that the split judges only because the final networks are distrusted
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     parser = get_args_parser("test")
     try:
@@ -166,9 +248,26 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    out = capsys.readouterr().out
     d = tmp_path / "r" / "cifar10_worst_seed_0"
-    m = json.loads((d / "metrics.json").read_text())
+    return capsys.readouterr().out, d, json.loads((d / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cifar, tmp_path, monkeypatch, capsys):
+    """The default rule on the fake CIFAR-10 run that splits (tests/test_resume.py's), its noisy-validation accuracy
+    made to fall by 30 points in every epoch after the split, and its validation predictions to fall onto one class:
+    the log warns of both at the epoch and again in the final summary, metrics.json keeps them, the run goes back to
+    the networks of the split and the given labels, and label_issues.csv stays the split's judgement (ranked by the
+    tipping pass, the split's flags). Before the split the shares are the validation pass's own."""
+    from utils.label_issues import in_dataset_order, read_label_issues
+    real_check = Watch.check
+
+    def falling(self, metrics, epoch):
+        metrics["val_every_epoch"][-1] -= 30
+        return real_check(self, metrics, epoch)
+    monkeypatch.setattr(Watch, "check", falling)
+    collapse_after_the_split(monkeypatch)
+    out, d, m = train_fake_run(fake_cifar, tmp_path, capsys)
     found = m["tipping_found_epoch"]
     assert m["tipping_rule"] == "plateau" and found is not None and found < 26
     assert m["went_back"] is not None and m["went_back"]["z"] < -GUARD_Z
@@ -176,9 +275,29 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     fell = [w for w in m["warnings"] if "fell after the split" in w]
     assert len(went_back) == 1 and f"at epoch {found + 1} the run went back" in went_back[0]
     assert len(fell) == 1 and "learning.py --checkpoint best" in fell[0]
-    for warning in went_back + fell:  # at the epoch and in the final summary
+    collapsed = [w for w in m["warnings"] if w.startswith(COLLAPSED)]
+    assert len(collapsed) == 1 and f"at epoch {found + COLLAPSE_EPOCHS} they put 100% of the" in collapsed[0]
+    shares = m["val_top_class_share"]
+    assert len(shares) == len(m["val_every_epoch"]) == 30 and all(0 < v <= 1 for v in shares[:found + 1])
+    for warning in went_back + fell + collapsed:  # at the epoch and in the final summary
         assert out.count(f"WARNING: {warning}") == 2
     assert m["judged_by"] == "split" and "judged by the split (the run went back to the labels)" in out
     table = read_label_issues(d / "label_issues.csv", 100)
     assert np.array_equal(table["index"], np.argsort(np.load(d / "detection_scores.npy"), kind="stable"))
     assert in_dataset_order(table, "flagged").sum() == m["split_flagged"]["flagged"] == m["flagged"]["flagged"]
+
+
+@pytest.mark.slow
+def test_a_collapsing_run_warns_and_its_final_networks_do_not_judge(fake_cifar, tmp_path, monkeypatch, capsys):
+    """Without the guard (nothing goes back), a run whose validation predictions fall onto one class after the split
+    warns once, at the epoch and in the summary, and with --judge final its labels are judged by the split, saying
+    why."""
+    from utils.watch import distrust, has_collapsed
+    collapse_after_the_split(monkeypatch)
+    out, d, m = train_fake_run(fake_cifar, tmp_path, capsys, "--no-guard")
+    found = m["tipping_found_epoch"]
+    assert found is not None and m["went_back"] is None and has_collapsed(m)
+    collapsed = [w for w in m["warnings"] if w.startswith(COLLAPSED)]
+    assert len(collapsed) == 1 and f"at epoch {found + COLLAPSE_EPOCHS} they put 100% of the" in collapsed[0]
+    assert out.count(f"WARNING: {collapsed[0]}") == 2
+    assert m["judged_by"] == "split" and f"judged by the split ({distrust(m)})" in out

@@ -11,6 +11,11 @@ least NOISE_FLOOR points): `z = (after - before) / (noise * sqrt(1 / BASELINE + 
   labels (one-hot targets) for the rest of the schedule, and says so. Such a run is the no-split run from the split
   on (a few epochs later); its detection at the split stands, and the final networks judge no labels
   (utils.findings keeps the split's ranking and flags).
+- A collapse, under every rule: when in COLLAPSE_EPOCHS epochs in a row after the split the pair puts more of the
+  validation images in one class than halfway from the given labels' largest class share to all of them, a WARNING
+  naming learning.py --checkpoint best and --tipping_rule none. A run split before its networks learnt can end
+  predicting one class without a fall to see (its level before the split was near chance). A sign only: nothing
+  goes back on it.
 Chosen by tools/learning_study.py (docs/learning.md). Without a validation split (--val_ratio 0) nothing is watched."""
 import math
 
@@ -24,6 +29,7 @@ GUARD_EPOCHS = 5  # the guard decides within this many epochs after the split
 GUARD_Z = 1.5  # noise units below the level: the soft targets are making the networks worse
 WARN_Z = 3.0  # noise units below the level: a warning, whatever the rule
 NOISE_FLOOR = 0.25  # points: the least epoch-to-epoch noise assumed (a curve on a plateau can repeat one value)
+COLLAPSE_EPOCHS = 2  # epochs in a row of predictions collapsed onto one class before the watch says so
 
 
 def fall(val, split_epoch):
@@ -40,6 +46,28 @@ def fall(val, split_epoch):
 
 
 FELL = "the noisy-validation accuracy fell after the split"  # how the warning begins
+COLLAPSED = "the networks collapsed onto one class after the split"  # how the collapse's warning begins
+
+
+def collapse_level(label_share):
+    """The share of the validation images in one predicted class above which the pair has collapsed: halfway from the
+    largest share of a class in the given labels to all of them (0.56 for 9 balanced classes, 0.55 for 10)."""
+    return label_share + (1 - label_share) / 2
+
+
+def collapse(top_shares, label_share, split_epoch, epoch):
+    """The collapse's warning sentence at `epoch`, or None: the shares of the validation images in the most predicted
+    class (one per watched epoch, the newest last) above collapse_level in each of the last COLLAPSE_EPOCHS epochs,
+    all of them after the split."""
+    recent = top_shares[-COLLAPSE_EPOCHS:]
+    level = collapse_level(label_share)
+    if epoch - split_epoch < COLLAPSE_EPOCHS or len(recent) < COLLAPSE_EPOCHS or min(recent) <= level:
+        return None
+    return (f"{COLLAPSED} (epoch {split_epoch}): at epoch {epoch} they put {recent[-1]:.0%} of the validation images "
+            f"in one class, while no class has more than {label_share:.0%} of their given labels, for "
+            f"{COLLAPSE_EPOCHS} epochs in a row; if they stay so, the final networks are poor classifiers "
+            f"(learning.py --checkpoint best evaluates those of the best epoch; --tipping_rule none trains the pair "
+            f"without a split)")
 
 
 def has_fallen(metrics):
@@ -47,12 +75,33 @@ def has_fallen(metrics):
     return any(w.startswith(FELL) for w in metrics["warnings"])
 
 
+def has_collapsed(metrics):
+    """Whether a run has warned that its networks collapsed onto one class after the split."""
+    return any(w.startswith(COLLAPSED) for w in metrics["warnings"])
+
+
+def distrust(metrics):
+    """Why the final networks of a run that split cannot judge its labels (utils.findings falls back to the split's
+    judgement), or None: the run went back to the labels, its noisy-validation accuracy fell after the split, or its
+    networks collapsed onto one class. No ground truth."""
+    if metrics["went_back"] is not None:
+        return "the run went back to the labels"
+    if has_fallen(metrics):
+        return "the noisy-validation accuracy fell after the split"
+    if has_collapsed(metrics):
+        return "the networks collapsed onto one class"
+    return None
+
+
 class Watch:
     """The noisy-validation curve of a run and what it says after the split. `guard`: whether the run may go back to
     the labels (the default rule, with a validation split)."""
 
-    def __init__(self, guard):
+    def __init__(self, guard, val_labels=None):
         self.guard = guard
+        # the largest share of one class in the validation split's given labels (None: no collapse is watched)
+        self.label_share = (None if val_labels is None or not len(val_labels)
+                            else torch.bincount(torch.as_tensor(val_labels)).max().item() / len(val_labels))
         self.snapshot = None  # the networks and the optimizer at the split, while the guard may still act
 
     def keep(self, teacher, student, optimizer):
@@ -82,6 +131,20 @@ class Watch:
         if epoch - split >= GUARD_EPOCHS and not back:
             self.snapshot = None  # the guard has decided to stay: no more to keep (go_back drops it otherwise)
         return warning, back
+
+    @staticmethod
+    def record(metrics, accuracy, top_share):
+        """An epoch's reading of the validation split: its accuracy (val_every_epoch) and the share of its images in
+        the class the pair predicts most (val_top_class_share: where a collapse shows)."""
+        metrics["val_every_epoch"].append(accuracy)
+        metrics.setdefault("val_top_class_share", []).append(top_share)  # setdefault: a state saved before it
+
+    def collapsed(self, metrics, epoch):
+        """After an epoch of a run that has split: the collapse's warning sentence, once, or None."""
+        if self.label_share is None or has_collapsed(metrics):
+            return None
+        return collapse(metrics.get("val_top_class_share") or [], self.label_share, metrics["tipping_found_epoch"],
+                        epoch)
 
     @torch.no_grad()
     def go_back(self, teacher, student, optimizer):
