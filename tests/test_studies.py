@@ -349,7 +349,7 @@ def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
     """tools/learning_study.py's table from finished runs written by hand, only some sides run (--methods): the
     paired differences of the sides there, '–' for the others, and the share of right labels the split pushed away
     (G3/G4, the student at the tipping epoch giving another class; the ground truth only explains) with its
-    correlation to what the soft targets cost."""
+    correlation to what the soft targets cost; in how many seeds the final networks collapsed onto one class."""
     import learning_study
     from study import grid_run
     clean = np.repeat(np.arange(2), 10)
@@ -376,6 +376,10 @@ def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
             with open(os.path.join(run.run_dir, "metrics.json"), "w") as f:
                 json.dump(dict(finished=True, final_test_accuracy=final, best_epoch=5, tipping_epoch=3,
                                test=[dict(epoch=5, accuracy=final - 1)]), f)
+            # the final networks' test predictions (cached as the tool caches them): seed 0 without the guard has
+            # collapsed onto class 1, above the level of 2 balanced classes (0.75)
+            pair = np.ones(4, int) if (method, seed) == ("noguard", "0") else np.arange(4) % 2
+            np.savez(os.path.join(run.run_dir, "test_predictions.npz"), teacher=np.arange(4) % 2, pair=pair)
     data = learning_study.LabelSet("toy pair 25", str(tmp_path)).data()
     assert learning_study.contradicted(run, data) == pytest.approx(1 / 16)  # image 1, of the 16 right labels
     runs = learning_study.runs_of(argparse_namespace(**vars(args), jobs=1))  # all finished: nothing to train
@@ -388,7 +392,23 @@ def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
     assert cell["no split"] == "82.00 ± 4.97" and cell["plain CE"] == "–" and cell["BKD"] == "–"
     assert cell["no guard - no split"] == "-0.83 ± 3.13" and cell["BKD - no split"] == "–"
     assert cell["right labels pushed away"] == "0.062"
+    assert cell["collapsed: BKD, no guard, reference"] == "–, 1, –"
     assert "correlation of the share of right labels pushed away" not in text  # one value: no correlation
+
+
+def test_ranking_study_sees_a_collapsed_final_pass():
+    """A run trained before the watch looked for collapses: the final networks' plain pass over the whole set, all
+    in one class, is collapsed by utils.watch's measure; one spread over the classes as the labels are is not."""
+    import ranking_study as rs
+    labels = np.arange(90) % 9
+    one_class = np.zeros((90, 9))
+    one_class[:, 4] = 5.0
+    assert rs.collapsed_pass(one_class, one_class, labels)
+    spread = np.eye(9)[labels] * 5.0
+    assert not rs.collapsed_pass(spread, spread, labels)
+    mostly = spread.copy()
+    mostly[:50] = one_class[:50]  # 50 + 6 of 90 in class 4: 62 %, above 5 / 9
+    assert rs.collapsed_pass(mostly, mostly, labels)
 
 
 def test_ranking_study_tables_with_and_without_the_peer():

@@ -93,30 +93,42 @@ def runs_of(args):
     return runs
 
 
-def teacher_alone(run, data):
-    """Clean test accuracy of the final teacher alone (its own argmax, not the agreement with the blind student that
-    learning.py evaluates, as the reference does): where the agreement loses to plain cross-entropy, how much of it
-    the student's opinion costs. Cached in <run>/teacher_alone.json."""
-    cache = os.path.join(run.run_dir, "teacher_alone.json")
+def final_test_predictions(run, data):
+    """The final networks' predictions of the clean test images: the teacher's own and the pair's (the agreement of
+    teacher and student that learning.py evaluates). Cached in <run>/test_predictions.npz."""
+    cache = os.path.join(run.run_dir, "test_predictions.npz")
     if os.path.isfile(cache):
-        with open(cache) as f:
-            return json.load(f)["accuracy"]
+        with np.load(cache) as z:
+            return z["teacher"], z["pair"]
     import torch
     from data.pipeline import DeviceBatches, to_device_images
     from utils.checkpoint import load_network
-    teacher, _ = load_network(os.path.join(run.run_dir, "teacher.pth.tar"), "small_cnn", data.num_classes)
-    teacher.eval()
+    from utils.engine import agreement_pass
+    networks = [load_network(os.path.join(run.run_dir, f"{who}.pth.tar"), "small_cnn", data.num_classes)[0]
+                for who in ("teacher", "student")]  # the checkpoint's own arch wins
     pad_mode, flip_first = data.augment
     batches = DeviceBatches(to_device_images(data.test_images, pad_mode, torch.device("cpu")),
                             torch.as_tensor(data.test_labels), None, data.mean_std, 256, flip_first=flip_first)
-    correct = 0
-    with torch.inference_mode():
-        for x, y, _ in batches:
-            correct += int((teacher(x).argmax(dim=1) == y).sum())
-    accuracy = 100 * correct / len(data.test_labels)
-    with open(cache, "w") as f:
-        json.dump(dict(accuracy=accuracy), f)
-    return accuracy
+    _, pair, _, teacher = (t.numpy() for t in agreement_pass(*networks, batches, keep_teacher=True))
+    np.savez(cache, teacher=teacher, pair=pair)
+    return teacher, pair
+
+
+def teacher_alone(run, data):
+    """Clean test accuracy of the final teacher alone (its own argmax, not the agreement with the blind student that
+    learning.py evaluates, as the reference does): where the agreement loses to plain cross-entropy, how much of it
+    the student's opinion costs."""
+    return float(np.mean(final_test_predictions(run, data)[0] == data.test_labels) * 100)
+
+
+def collapsed_at_end(run, data):
+    """Whether the final pair has collapsed onto one class, by the watch's measure (utils.watch.collapse_level)
+    replayed on the clean test images: the share of them it puts in one class against the largest class share of the
+    given training labels. No ground truth; runs trained before the watch looked for collapses are counted too."""
+    from utils.watch import collapse_level
+    pair = final_test_predictions(run, data)[1]
+    label_share = np.bincount(data.noisy_labels).max() / len(data.noisy_labels)
+    return bool(np.bincount(pair).max() / len(pair) > collapse_level(label_share))
 
 
 def contradicted(run, data):
@@ -157,16 +169,19 @@ def tables(args, runs):
     """The study's markdown, per schedule and part (chosen on, confirmed on): a row per label set with each method's
     final clean test accuracy, the paired differences that decide (BKD against the pair without a split, which is BKD
     up to its split, and against plain cross-entropy; the guard's effect), the best-epoch accuracies, the teacher
-    alone, how often the guard went back, the plain network's fit of the wrong labels (best epoch -> last), and the share
-    of right labels the split pushed away (contradicted), with its correlation to what the soft targets cost."""
+    alone, how often the guard went back, how often the final networks collapsed, the plain network's fit of the
+    wrong labels (best epoch -> last), and the share of right labels the split pushed away (contradicted), with its
+    correlation to what the soft targets cost."""
     text = [f"Seeds {', '.join(map(str, args.seeds))}; {device_line()}. Clean test accuracy in %, mean ± 95 % interval "
             f"over seeds; differences paired by seed (p: paired t-test). Final = the networks of the last epoch "
             f"(teacher.pth.tar / student.pth.tar, what learning.py evaluates: the agreement of teacher and student); "
             f"best = those of the best noisy-validation epoch, validation every epoch (learning.py --checkpoint best); "
-            f"teacher alone = the final teacher's own prediction (a diagnostic).\n"]
+            f"teacher alone = the final teacher's own prediction (a diagnostic); collapsed = in how many seeds the "
+            f"final pair puts more of the test images in one class than utils.watch's collapse level.\n"]
     header = ["label set", "plain CE", "no split", "BKD", "BKD - no split", "p", "BKD - plain CE", "p",
               "guard went back", "no guard - no split", "BKD - no guard", "reference", "reference - no split", "p",
-              "best: plain CE", "best: BKD", "best: BKD - plain CE", "p", "teacher alone: BKD", "plain CE fits wrong labels",
+              "best: plain CE", "best: BKD", "best: BKD - plain CE", "p", "teacher alone: BKD",
+              "collapsed: BKD, no guard, reference", "plain CE fits wrong labels",
               "right labels pushed away"]
     for schedule in args.schedules:
         flags = STUDY_SCHEDULES[schedule]
@@ -195,6 +210,8 @@ def tables(args, runs):
                 data = LabelSet(name, args.study_data).data()
                 if "plateau" in got:
                     alone = pm(*mean_ci([teacher_alone(r, data) for r in got["plateau"]]), 2)
+                collapsed = ", ".join(str(sum(collapsed_at_end(r, data) for r in got[m])) if m in got else "–"
+                                      for m in ("plateau", "noguard", "reference"))
                 if "noguard" in got:
                     shares = [contradicted(r, data) for r in got["noguard"]]
                     if None not in shares:
@@ -209,7 +226,7 @@ def tables(args, runs):
                              versus(final, "none", "noguard")[0], versus(final, "noguard", "plateau")[0],
                              level(final, "reference"),
                              *versus(final, "none", "reference"), level(best, "plain"), level(best, "plateau"),
-                             *versus(best, "plain", "plateau"), alone, fit_text, pushed])
+                             *versus(best, "plain", "plateau"), alone, collapsed, fit_text, pushed])
             if rows:
                 text.append(f"\n### Schedule {schedule} ({epochs} epochs, learning rate {lr} x0.1 every {decay}, "
                             f"{network}), {part}\n\n" + markdown_table(header, rows))

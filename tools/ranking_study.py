@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split, precision_recall_f1  # noqa: E402
 from utils.flagging import flag_labels, probabilities  # noqa: E402
 from utils.metrics import auroc, average_precision, precision_at_k  # noqa: E402
-from utils.watch import has_fallen  # noqa: E402
+from utils.watch import collapse_level, distrust  # noqa: E402
 
 PEER = "5-fold CE + cleanlab (peer)"
 
@@ -53,6 +53,14 @@ def final_passes(run_dir, metrics):
         return [(z[f"{kind}_teacher"], z[f"{kind}_student"]) for kind in ("plain", "aug")]
 
 
+def collapsed_pass(teacher_logits, student_logits, labels):
+    """Whether a pass of a pair over the whole set is collapsed onto one class by utils.watch's measure (the share of
+    the images in its most predicted class above collapse_level of the given labels' largest class share)."""
+    predicted = probabilities(teacher_logits, student_logits)[0].argmax(axis=1)
+    share = np.bincount(predicted).max() / len(predicted)
+    return bool(share > collapse_level(np.bincount(labels).max() / len(labels)))
+
+
 def evidence(run, data):
     """What the candidates read of one run (never the ground truth): the tipping pass's agreements; the average and
     the teacher's predictions of the passes held at the split; the final passes' agreement, teacher and student
@@ -67,9 +75,11 @@ def evidence(run, data):
         with np.load(os.path.join(run.run_dir, "passes", f"epoch_{epoch:04d}.npz")) as z:
             held.append((probabilities(z["teacher_logits"], z["student_logits"])[0], z["teacher_logits"].argmax(1)))
     final = final_passes(run.run_dir, m)
-    went_back, fell = (m["went_back"] is not None, has_fallen(m)) if "went_back" in m \
-        else watch_replay(m)  # a run of before the watch: replayed (it had no guard)
-    e = dict(trusted=not (went_back or fell), split_agree=split_agree, held_probs=np.mean([h[0] for h in held], axis=0),
+    # the watch's verdict (utils.watch.distrust); a run of before the watch: replayed (it had no guard); one of
+    # before the collapse was watched: its final networks' plain pass tells whether they collapsed
+    untrusted = distrust(m) is not None if "went_back" in m else any(watch_replay(m))
+    untrusted = untrusted or ("val_top_class_share" not in m and collapsed_pass(*final[0], data.noisy_labels))
+    e = dict(trusted=not untrusted, split_agree=split_agree, held_probs=np.mean([h[0] for h in held], axis=0),
              held_teacher=np.stack([h[1] for h in held]),
              final_agree=np.mean([softmax(t + s) for t, s in final], axis=0),
              final_teacher=np.mean([softmax(t) for t, _ in final], axis=0),
@@ -149,6 +159,9 @@ def peer_args(args, schedule):
                               results_dir=os.path.join(args.results_dir, "peer", schedule))
 
 
+NOISY = ("uniform 20", "pair 25")  # the label sets with wrong labels to find
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
@@ -156,6 +169,8 @@ def main():
                    help="image sources of tools/make_study_npz.py: their noisy label sets (the memorise schedule: their "
                         "small versions)")
     p.add_argument("--schedules", nargs="+", default=list(STUDY_SCHEDULES), choices=list(STUDY_SCHEDULES))
+    p.add_argument("--noises", nargs="+", default=list(NOISY), choices=list(NOISY),
+                   help="noisy label sets of each source (quoted: 'pair 25')")
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds")
     p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
@@ -168,7 +183,7 @@ def main():
     if args.peer_schedules is None:
         args.peer_schedules = args.schedules
     args.cells = [(sch, name, seed) for sch in args.schedules
-                  for name in label_sets(args.sources, ("uniform 20", "pair 25"), sch) for seed in args.seeds]
+                  for name in label_sets(args.sources, args.noises, sch) for seed in args.seeds]
     runs = {cell: guarded_run(args.results_dir, *cell, args.study_data) for cell in args.cells}
     stop_if_failed(run_all([run for run, train in runs.values() if train], args.jobs, label="BKD runs (default rule)"))
     runs = {cell: run for cell, (run, _) in runs.items()}
