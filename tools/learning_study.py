@@ -125,10 +125,8 @@ def collapsed_at_end(run, data):
     """Whether the final pair has collapsed onto one class, by the watch's measure (utils.watch.collapse_level)
     replayed on the clean test images: the share of them it puts in one class against the largest class share of the
     given training labels. No ground truth; runs trained before the watch looked for collapses are counted too."""
-    from utils.watch import collapse_level
-    pair = final_test_predictions(run, data)[1]
-    label_share = np.bincount(data.noisy_labels).max() / len(data.noisy_labels)
-    return bool(np.bincount(pair).max() / len(pair) > collapse_level(label_share))
+    from utils.watch import collapsed_onto_one_class
+    return collapsed_onto_one_class(final_test_predictions(run, data)[1], data.noisy_labels)
 
 
 def contradicted(run, data):

@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split, precision_recall_f1  # noqa: E402
 from utils.flagging import flag_labels, probabilities  # noqa: E402
 from utils.metrics import auroc, average_precision, precision_at_k  # noqa: E402
-from utils.watch import collapse_level, distrust  # noqa: E402
+from utils.watch import collapsed_onto_one_class, distrust  # noqa: E402
 
 PEER = "5-fold CE + cleanlab (peer)"
 
@@ -54,11 +54,8 @@ def final_passes(run_dir, metrics):
 
 
 def collapsed_pass(teacher_logits, student_logits, labels):
-    """Whether a pass of a pair over the whole set is collapsed onto one class by utils.watch's measure (the share of
-    the images in its most predicted class above collapse_level of the given labels' largest class share)."""
-    predicted = probabilities(teacher_logits, student_logits)[0].argmax(axis=1)
-    share = np.bincount(predicted).max() / len(predicted)
-    return bool(share > collapse_level(np.bincount(labels).max() / len(labels)))
+    """Whether a pass of a pair over the whole set is collapsed onto one class by utils.watch's measure."""
+    return collapsed_onto_one_class(probabilities(teacher_logits, student_logits)[0].argmax(axis=1), labels)
 
 
 def evidence(run, data):

@@ -55,6 +55,18 @@ def collapse_level(label_share):
     return label_share + (1 - label_share) / 2
 
 
+def largest_share(classes):
+    """The share of the samples in the most frequent class of an integer array or tensor."""
+    classes = torch.as_tensor(classes)
+    return torch.bincount(classes).max().item() / len(classes)
+
+
+def collapsed_onto_one_class(predicted, labels):
+    """Whether predictions put more of the samples in one class than collapse_level of the labels' largest share:
+    the watch's measure, for a whole pass at once (the studies replay it on finished runs)."""
+    return largest_share(predicted) > collapse_level(largest_share(labels))
+
+
 def collapse(top_shares, label_share, split_epoch, epoch):
     """The collapse's warning sentence at `epoch`, or None: the shares of the validation images in the most predicted
     class (one per watched epoch, the newest last) above collapse_level in each of the last COLLAPSE_EPOCHS epochs,
@@ -100,8 +112,7 @@ class Watch:
     def __init__(self, guard, val_labels=None):
         self.guard = guard
         # the largest share of one class in the validation split's given labels (None: no collapse is watched)
-        self.label_share = (None if val_labels is None or not len(val_labels)
-                            else torch.bincount(torch.as_tensor(val_labels)).max().item() / len(val_labels))
+        self.label_share = None if val_labels is None or not len(val_labels) else largest_share(val_labels)
         self.snapshot = None  # the networks and the optimizer at the split, while the guard may still act
 
     def keep(self, teacher, student, optimizer):
