@@ -116,6 +116,7 @@ def synthetic_run(tmp_path_factory):
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     return dict(dir=results / "synthetic_worst_seed_0", flags=flags, train=train,
                 learning=run("learning.py", *flags), learning_best=run("learning.py", *flags, "--checkpoint", "best"),
+                learning_teacher=run("learning.py", *flags, "--predict", "teacher"),
                 detection=run("detection.py", *flags))
 
 

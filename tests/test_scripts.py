@@ -124,6 +124,56 @@ def test_learning_script_reports_which_networks(synthetic_run):
     assert float(final.stdout.split("test accuracy: ")[1].split(" %")[0]) > 50  # 10 classes: chance is 10 %
 
 
+def test_learning_can_predict_with_the_teacher_alone(synthetic_run):
+    """--predict teacher reports the teacher's own argmax over the clean test images, computed here from its
+    checkpoint with no agreement involved; each run says which prediction it reports."""
+    import learning
+    from data.pipeline import DeviceBatches, to_device_images
+    from utils.checkpoint import load_network
+    from utils.cli import check_args, load_data
+    pair, alone = synthetic_run["learning"], synthetic_run["learning_teacher"]
+    assert alone.returncode == 0, alone.stderr
+    assert "predicting with the agreement of teacher and student" in pair.stdout
+    assert "predicting with the teacher alone" in alone.stdout
+    parser = learning.get_parser()
+    args = check_args(parser, parser.parse_args([str(f) for f in synthetic_run["flags"]]))
+    data = load_data(args)
+    teacher = load_network(synthetic_run["dir"] / "teacher.pth.tar", args.arch, data.num_classes)[0].eval()
+    batches = DeviceBatches(to_device_images(data.test_images, data.augment[0], torch.device("cpu")),
+                            torch.as_tensor(data.test_labels), None, data.mean_std, batch_size=64)
+    with torch.no_grad():
+        hits = sum((teacher(x).argmax(dim=1) == y).sum().item() for x, y, _ in batches)
+    assert float(alone.stdout.split("test accuracy: ")[1].split(" %")[0]) == pytest.approx(
+        100 * hits / len(data.test_labels), abs=0.01)
+
+
+def test_accuracy_of_the_pair_and_of_the_teacher():
+    """The agreement's accuracy against the teacher's own: a student with no opinion (constant logits) leaves the
+    teacher's prediction; a student sure of one class turns the pair's prediction to it."""
+    from data.pipeline import DeviceBatches, to_device_images
+    from utils.engine import accuracy
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    batches = DeviceBatches(to_device_images(images, "reflect", torch.device("cpu")), torch.arange(40) % 4, None,
+                            ((0.5,) * 3, (0.25,) * 3), 16)
+    with torch.no_grad():
+        predicted = torch.cat([teacher(x).argmax(dim=1) for x, _, _ in batches])
+        labels = torch.cat([y for _, y, _ in batches])
+        student[1].weight.zero_()
+        student[1].bias.fill_(0.3)
+    alone = accuracy(teacher, student, batches, predict="teacher")
+    assert alone == pytest.approx(100 * (predicted == labels).float().mean().item())
+    assert accuracy(teacher, student, batches) == pytest.approx(alone)
+    with torch.no_grad():
+        student[1].bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))  # sure of class 2 for every image
+    assert accuracy(teacher, student, batches) == pytest.approx(25.0)  # a quarter of the labels are 2
+    assert accuracy(teacher, student, batches, predict="teacher") == pytest.approx(alone)
+    with pytest.raises(ValueError, match="pair"):
+        accuracy(teacher, student, batches, predict="student")
+
+
 @pytest.fixture
 def fake_cifar_run(fake_cifar, tmp_path):
     """The CIFAR-10 code path with the default PreResNet18 on 100 fake images in the real file format."""
@@ -191,6 +241,7 @@ def test_help_names_every_flag(script):
     ("blind_knowledge_dist_training.py", ["--noise_type", "noisy100"], ["--dataset cifar10", "aggre, clean, rand1"]),
     ("learning.py", ["--dataset", "cifar100", "--noise_type", "worst"], ["clean100, noisy100"]),
     ("learning.py", ["--checkpoint", "last"], ["invalid choice", "'final', 'best'"]),
+    ("learning.py", ["--predict", "student"], ["invalid choice", "'pair', 'teacher'"]),
     ("detection.py", ["--val_ratio", "1.5"], ["--val_ratio"]),
     ("blind_knowledge_dist_training.py", ["--batch_size", "0"], ["--batch_size"]),
 ])

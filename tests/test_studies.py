@@ -396,6 +396,41 @@ def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
     assert "correlation of the share of right labels pushed away" not in text  # one value: no correlation
 
 
+def test_learning_study_teacher_alone_columns_by_hand(tmp_path):
+    """The final teacher's own accuracy (learning.py --predict teacher), from the cached test predictions of the
+    default rule's runs, against BKD's pair and against plain cross-entropy, paired by seed."""
+    import learning_study
+    from study import grid_run
+    labels = np.arange(20) % 2
+    np.savez(tmp_path / "toy_pair_25.npz", train_images=np.zeros((20, 8, 8, 3), np.uint8), train_labels=labels,
+             clean_labels=labels, test_images=np.zeros((4, 8, 8, 3), np.uint8), test_labels=np.arange(4) % 2)
+    args = argparse_namespace(sources=["toy"], noises=["pair 25"], schedules=["demo"], seeds=["0", "1", "2"],
+                              methods=["plain", "plateau"], study_data=str(tmp_path), results_dir=str(tmp_path / "r"))
+    finals = {"plain": [90.0, 80.0, 70.0], "plateau": [60.0, 70.0, 80.0]}
+    runs = {}
+    teacher = [np.arange(4) % 2, np.array([0, 1, 0, 0]), np.array([1, 0, 0, 1])]  # 100, 75, 50 %
+    for method in finals:
+        for i, seed in enumerate(args.seeds):
+            run = (learning_study.plain_run(args, "demo", "toy pair 25", seed) if method == "plain" else
+                   grid_run(args.results_dir, "demo", method, "toy pair 25", seed, args.study_data))
+            runs["demo", method, "toy pair 25", seed] = run
+            os.makedirs(run.run_dir)
+            metrics = dict(finished=True, final_test_accuracy=finals[method][i], best_epoch=5,
+                           test=[dict(epoch=5, accuracy=50.0)], best_test_accuracy=50.0, fits_wrong=[])
+            with open(os.path.join(run.run_dir, "metrics.json"), "w") as f:
+                json.dump(metrics, f)
+            np.savez(os.path.join(run.run_dir, "test_predictions.npz"), teacher=teacher[i], pair=np.arange(4) % 2)
+    text = learning_study.tables(args, runs)
+    lines = [line for line in text.splitlines() if line.startswith(("| label set |", "| toy pair 25 |"))]
+    header, row = ([c.strip() for c in line.split("|")[1:-1]] for line in lines)
+    cell = {h: row[i] for i, h in enumerate(header)}
+    at = header.index("teacher alone - BKD")
+    # alone - BKD: (+40, +5, -30), sd 35, 4.303 * 35 / sqrt(3); alone - plain: (+10, -5, -20), sd 15
+    assert cell["teacher alone: BKD"] == "75.00 ± 62.10"
+    assert row[at:at + 4] == ["+5.00 ± 86.94", "0.83", "-5.00 ± 37.26", "0.62"]
+    assert cell["BKD - plain CE"] == "-10.00 ± 49.68"
+
+
 def test_ranking_study_sees_a_collapsed_final_pass():
     """A run trained before the watch looked for collapses: the final networks' plain pass over the whole set, all
     in one class, is collapsed by utils.watch's measure; one spread over the classes as the labels are is not."""

@@ -116,8 +116,8 @@ def final_test_predictions(run, data):
 
 def teacher_alone(run, data):
     """Clean test accuracy of the final teacher alone (its own argmax, not the agreement with the blind student that
-    learning.py evaluates, as the reference does): where the agreement loses to plain cross-entropy, how much of it
-    the student's opinion costs."""
+    learning.py evaluates by default, as the reference does; learning.py --predict teacher): where the agreement
+    loses to plain cross-entropy, how much of it the student's opinion costs."""
     return float(np.mean(final_test_predictions(run, data)[0] == data.test_labels) * 100)
 
 
@@ -174,11 +174,12 @@ def tables(args, runs):
             f"over seeds; differences paired by seed (p: paired t-test). Final = the networks of the last epoch "
             f"(teacher.pth.tar / student.pth.tar, what learning.py evaluates: the agreement of teacher and student); "
             f"best = those of the best noisy-validation epoch, validation every epoch (learning.py --checkpoint best); "
-            f"teacher alone = the final teacher's own prediction (a diagnostic); collapsed = in how many seeds the "
-            f"final pair puts more of the test images in one class than utils.watch's collapse level.\n"]
+            f"teacher alone = the final teacher's own prediction (learning.py --predict teacher); collapsed = in how "
+            f"many seeds the final pair puts more of the test images in one class than utils.watch's collapse level.\n"]
     header = ["label set", "plain CE", "no split", "BKD", "BKD - no split", "p", "BKD - plain CE", "p",
               "guard went back", "no guard - no split", "BKD - no guard", "reference", "reference - no split", "p",
               "best: plain CE", "best: BKD", "best: BKD - plain CE", "p", "teacher alone: BKD",
+              "teacher alone - BKD", "p", "teacher alone - plain CE", "p",
               "collapsed: BKD, no guard, reference", "plain CE fits wrong labels",
               "right labels pushed away"]
     for schedule in args.schedules:
@@ -198,16 +199,16 @@ def tables(args, runs):
                 best = {m: acc[m][:, 1] for m in got}
 
                 def level(values, m):
-                    return pm(*mean_ci(values[m]), 2) if m in got else "–"
+                    return pm(*mean_ci(values[m]), 2) if m in values else "–"
 
                 def versus(values, a, b):
-                    return diff(values[a], values[b]) if a in got and b in got else ["–", "–"]
+                    return diff(values[a], values[b]) if a in values and b in values else ["–", "–"]
                 back = (f"{sum(r.metrics().get('went_back') is not None for r in got['plateau'])} of "
                         f"{len(args.seeds)}" if "plateau" in got else "–")
-                alone = pushed = "–"
+                pushed = "–"
                 data = LabelSet(name, args.study_data).data()
-                if "plateau" in got:
-                    alone = pm(*mean_ci([teacher_alone(r, data) for r in got["plateau"]]), 2)
+                if "plateau" in got:  # learning.py --predict teacher on the default rule's final networks
+                    final["alone"] = np.array([teacher_alone(r, data) for r in got["plateau"]])
                 collapsed = ", ".join(str(sum(collapsed_at_end(r, data) for r in got[m])) if m in got else "–"
                                       for m in ("plateau", "noguard", "reference"))
                 if "noguard" in got:
@@ -224,7 +225,9 @@ def tables(args, runs):
                              versus(final, "none", "noguard")[0], versus(final, "noguard", "plateau")[0],
                              level(final, "reference"),
                              *versus(final, "none", "reference"), level(best, "plain"), level(best, "plateau"),
-                             *versus(best, "plain", "plateau"), alone, collapsed, fit_text, pushed])
+                             *versus(best, "plain", "plateau"), level(final, "alone"),
+                             *versus(final, "plateau", "alone"), *versus(final, "plain", "alone"),
+                             collapsed, fit_text, pushed])
             if rows:
                 text.append(f"\n### Schedule {schedule} ({epochs} epochs, learning rate {lr} x0.1 every {decay}, "
                             f"{network}), {part}\n\n" + markdown_table(header, rows))

@@ -158,7 +158,11 @@ def prediction_reading(teacher, student, batches, precision="fp32"):
     return hit * 100, top / len(predicted)  # the share exact: 6 of 10 is 0.6, not float32's 0.60000002
 
 
-def accuracy(teacher, student, batches, precision="fp32"):
-    """Percent of samples whose agreement prediction equals their label (one host sync)."""
-    predicted = agreement_pass(teacher, student, batches, precision)[1]
+def accuracy(teacher, student, batches, precision="fp32", predict="pair"):
+    """Percent of samples whose prediction equals their label (one host sync). predict: "pair", the agreement of
+    teacher and student (what the reference evaluates); "teacher", the teacher's own argmax."""
+    if predict not in ("pair", "teacher"):
+        raise ValueError(f"predict must be 'pair' or 'teacher', not {predict!r}")
+    out = agreement_pass(teacher, student, batches, precision, keep_teacher=predict == "teacher")
+    predicted = out[3] if predict == "teacher" else out[1]
     return (predicted == batches.labels[batches.indices]).float().mean().item() * 100
