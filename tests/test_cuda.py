@@ -4,8 +4,8 @@
 
 The captured step equals the eager one (tight in fp32, within bf16 tolerance) and its returned outputs stay as they
 were after later replays, a real capture failure keeps its cause, a short real run on CUDA finds its tipping point
-and writes every output, --deterministic runs repeat byte for byte, and a SIGKILL plus --resume with
---deterministic ends identical to the uninterrupted run.
+and writes every output (and learning.py evaluates it, the pair and the teacher alone), --deterministic runs repeat
+byte for byte, and a SIGKILL plus --resume with --deterministic ends identical to the uninterrupted run.
 """
 import json
 import sys
@@ -106,6 +106,15 @@ def test_short_cuda_run_finds_the_tipping_point_and_writes_every_output(tmp_path
         print(curves.splitlines()[0], f"tipping epoch {m['tipping_epoch']} found at {m['tipping_found_epoch']}, "
               f"{m['wall_time_s']:.1f} s")
         results[mode] = m
+    for predict in ("pair", "teacher"):  # learning.py on CUDA: the pair reports the training's own final accuracy
+        learning = run("learning.py", "--dataset", "synthetic", "--results_dir", tmp_path / "--cuda_graph",
+                       "--predict", predict, cuda=True)
+        assert learning.returncode == 0 and "predicting with" in learning.stdout, learning.stderr[-2000:]
+        acc = float(learning.stdout.split("test accuracy: ")[1].split(" %")[0])
+        print(f"learning.py --predict {predict} on CUDA: {acc:.2f} %")
+        if predict == "pair":  # autotuned kernels may tip an image or two at the boundary
+            assert acc == pytest.approx(results["--cuda_graph"]["final_test_accuracy"], abs=0.3)
+        assert acc > 50  # 10 classes: chance is 10 %
     # a smoke test of the method on CUDA (autotuned kernels: the two runs differ in their last bits)
     f1_graph, f1_eager = (results[mode]["detection"]["f1"] for mode in ("--cuda_graph", "--no-cuda_graph"))
     assert f1_graph > 0.6 and abs(f1_graph - f1_eager) < 0.1, (f1_graph, f1_eager)
