@@ -87,12 +87,20 @@ def kill_processes_with(text):
         time.sleep(0.05)
 
 
+def failure_text(result):
+    """What a failed torchrun run said: its ranks' own messages come first in stderr (a rank's traceback, an abort),
+    the launcher's long report last, so both ends are kept."""
+    err = result.stderr
+    return (result.stdout[-1500:] + "\n--- stderr, first part ---\n" + err[:3000]
+            + ("\n--- stderr, last part ---\n" + err[-1500:] if len(err) > 3000 else ""))
+
+
 def test_resume_under_torchrun(fake_cifar, tmp_path):
     """Kill every rank of a 2-process run mid-way, resume it under torchrun: the same outputs as uninterrupted."""
     flags = small_cifar_flags(fake_cifar, tmp_path, n_epoch=12)
     reference = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "reference",
                     launcher=torchrun(2))
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert reference.returncode == 0, failure_text(reference)
     env = script_env(threads="1")
     process = subprocess.Popen([*torchrun(2), os.path.join(ROOT, "blind_knowledge_dist_training.py"),
                                 *map(str, flags), "--results_dir", str(tmp_path / "killed")], cwd=ROOT, env=env,
@@ -106,6 +114,6 @@ def test_resume_under_torchrun(fake_cifar, tmp_path):
     assert (run_dir / "state.pth.tar").exists() and not (run_dir / "teacher.pth.tar").exists(), "not killed mid-way"
     resumed = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "killed", "--resume",
                   launcher=torchrun(2))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_text(resumed)
     assert "resuming from" in resumed.stdout
     assert outputs(tmp_path / "reference" / "cifar10_worst_seed_0") == outputs(run_dir)
