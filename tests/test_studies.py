@@ -345,6 +345,19 @@ def argparse_namespace(**kwargs):
     return argparse.Namespace(**kwargs)
 
 
+def test_small_version_of_a_grouped_split():
+    """tools/make_study_npz.py's small version of a source split by groups (emoji): n training images of each class
+    taken from its training split only, the same for the same seed."""
+    import make_study_npz
+    labels = np.repeat(np.arange(3), [100, 80, 10])
+    train = np.flatnonzero(np.arange(190) % 5 != 0)  # the test set: every fifth image
+    small = make_study_npz.per_class_subset(train, labels, 60, seed=0)
+    assert np.bincount(labels[small]).tolist() == [60, 60, 8]  # class 2 has 8 training images: all of them
+    assert set(small) <= set(train) and np.array_equal(small, np.sort(small)) and len(set(small)) == len(small)
+    assert np.array_equal(small, make_study_npz.per_class_subset(train, labels, 60, seed=0))
+    assert not np.array_equal(small, make_study_npz.per_class_subset(train, labels, 60, seed=1))
+
+
 def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
     """tools/learning_study.py's table from finished runs written by hand, only some sides run (--methods): the
     paired differences of the sides there, '–' for the others, and the share of right labels the split pushed away

@@ -187,6 +187,13 @@ def grouped_split(labels, groups, test_share, max_test, seed):
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def per_class_subset(indices, labels, n, seed):
+    """n of the indices of each class (all of a class that has fewer), drawn without replacement, sorted."""
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(indices[labels[indices] == c])[:n]
+                                   for c in np.unique(labels[indices])]))
+
+
 def balanced_split(labels, per_class, seed):
     """(training indices, test indices): per_class = (n_train, n_test) images of each class, drawn without
     replacement."""
@@ -244,6 +251,8 @@ def load_source(name, args):
     elif source == "emoji":
         images, labels, emoji = read_emoji(args.npm_dir)
         train, test = grouped_split(labels, emoji, 0.2, PER_CLASS[1], args.seed)
+        if per_class == SMALL_PER_CLASS:  # the small version: from that training split, the test set as it is
+            train = per_class_subset(train, labels, per_class[0], args.seed)
         names = ["smileys", "people", "animals and nature", "food", "travel and places", "activities", "objects",
                  "symbols"]
         return resized(images), labels, names, train, test
