@@ -309,14 +309,14 @@ def test_the_guard_replayed_on_a_run_without_it():
 
 def test_the_grid_of_the_studies():
     """Every source clean, with uniform and with pair flips under the demo's and the long schedule; the small versions
-    of one chosen and one new source under the memorise schedule; the new sources (and their small versions)
+    of one chosen and both new sources under the memorise schedule; the new sources (and their small versions)
     confirm."""
     from study import (CHOSEN_SOURCES, NEW_SOURCES, STUDY_SCHEDULES, confirming, label_sets, schedule_values)
     assert label_sets(["fashion"], ("pair 25",)) == ["fashion pair 25"]
-    assert label_sets(CHOSEN_SOURCES + NEW_SOURCES, ("pair 25",), "memorise") == ["fashion-small pair 25",
-                                                                                  "doodles-small pair 25"]
+    assert label_sets(CHOSEN_SOURCES + NEW_SOURCES, ("pair 25",), "memorise") == [
+        "fashion-small pair 25", "doodles-small pair 25", "emoji-small pair 25"]
     assert [confirming(n) for n in ("doodles pair 25", "doodles-small pair 25", "fashion-small pair 25",
-                                    "emoji uniform 0")] == [True, True, False, True]
+                                    "emoji uniform 0", "emoji-small pair 25")] == [True, True, False, True, True]
     assert schedule_values("long") == (60.0, 0.1, 30.0) and "wide_cnn" in STUDY_SCHEDULES["memorise"]
 
 
