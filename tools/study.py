@@ -84,7 +84,8 @@ STUDY_SCHEDULES = {  # name: the training flags (validation and test every epoch
     # network with plain cross-entropy memorises the wrong labels there (tools/learning_study.py shows its fit of them)
     "memorise": ["--n_epoch", "60", "--lr", "0.1", "--lr_decay_every", "30", "--arch", "wide_cnn"] + EVERY_EPOCH,
 }
-SMALL_SOURCES = {"fashion": "fashion-small", "doodles": "doodles-small", "emoji": "emoji-small"}  # the memorise schedule's, chosen and new
+# the memorise schedule's sources (their small versions), one chosen on and both new ones
+SMALL_SOURCES = {"fashion": "fashion-small", "doodles": "doodles-small", "emoji": "emoji-small"}
 BKD_METHODS = {  # name: the training script's flags
     "plateau": ["--tipping_rule", "plateau", "--record_passes"],  # the default, its guard on; its passes recorded
     "noguard": ["--tipping_rule", "plateau", "--no-guard", "--record_passes"],  # the default rule, never going back

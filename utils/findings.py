@@ -11,9 +11,9 @@
   `final_agreement_given` column. The table is ranked and flagged by the split (the default, --judge split) or by
   the final networks (--judge final: that ranking, and FINAL_CUT), except where they cannot be trusted (the watch
   after the split went back to the labels, their noisy-validation accuracy fell below the split's beyond its noise,
-  or they collapsed onto one class: utils.watch.distrust). On the confirming label sets of tools/ranking_study.py the final networks flagged worse
-  than the split on four of eight, so their pre-registered confirmation failed and the split judges by default
-  (docs/detection.md). numpy, and torch for the passes."""
+  or they collapsed onto one class: utils.watch.distrust). On the confirming label sets of tools/ranking_study.py
+  the final networks flagged worse than the split on four of eight, so their pre-registered confirmation failed and
+  the split judges by default (docs/detection.md). numpy, and torch for the passes."""
 import numpy as np
 import torch
 
