@@ -25,13 +25,14 @@ from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, r
                               save_json, save_npz, save_state, saved_metrics)
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
-from utils.engine import (accuracy, agreement_pass, get_device, make_optimizer, prediction_reading, resolve_precision,
+from utils import recipes
+from utils.engine import (accuracies, agreement_pass, get_device, make_optimizer, prediction_reading, resolve_precision,
                           seed_everything, synchronize)
 from utils.findings import FINAL_CUT, FINAL_SEED, SPLIT_CUT, SPLIT_NAMES, Findings, record_final
 from utils.history import PassHistory
 from utils.metrics import detection_report
 from utils.step import TrainStep, graph_capturable
-from utils.tipping import DEFAULT_RULE, find_tipping, history_slots, premature_split
+from utils.tipping import find_tipping, history_slots, premature_split
 from utils.watch import Watch, distrust
 
 MAIN_PROCESS = True  # under torchrun only rank 0 logs and writes files
@@ -55,6 +56,8 @@ def main(args):
         torch.use_deterministic_algorithms(True)
     rank, world, device = init_distributed(get_device(args.device))
     MAIN_PROCESS = rank == 0
+    for line in recipes.describe(args):  # which recipe, why, how to switch, and the flags that override it
+        log(line)
     if args.sync_bn and (world == 1 or device.type != "cuda"):
         raise InputError("--sync_bn needs torchrun with more than one process on CUDA devices")
     precision, precision_reason = resolve_precision(args.precision)
@@ -122,19 +125,15 @@ def main(args):
         log("WARNING: the label fixes dropped every image of the validation split: the training split (augmented) "
             "stands in for it, as with --val_ratio 0")
 
-    teacher = build_model(args.arch, data.num_classes).to(device)
-    student = build_model(args.arch, data.num_classes).to(device)
-    # channels_last is faster for these convolutions on GPUs (tensor cores) and on CPUs (oneDNN) alike
-    teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
-    if args.sync_bn:
-        teacher, student = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (teacher, student))
+    # --recipe ce: the teacher is the one network, trained on the labels with plain cross-entropy; no student
+    teacher, student = build_networks(args, data.num_classes, device, with_student=args.recipe != "ce")
     optimizer = make_optimizer((teacher, student), args, device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_decay_every, gamma=0.1)
-    eval_teacher, eval_student = (torch.compile(teacher), torch.compile(student)) if args.compile else (teacher, student)
+    eval_teacher, eval_student = each(torch.compile, teacher, student) if args.compile else (teacher, student)
     run_teacher, run_student = eval_teacher, eval_student
     if world > 1:  # gradients averaged over ranks; each rank's loss is the mean over its share of the global batch
         ids = [device.index] if device.type == "cuda" else None
-        run_teacher, run_student = (DistributedDataParallel(m, device_ids=ids) for m in (eval_teacher, eval_student))
+        run_teacher, run_student = each(lambda m: DistributedDataParallel(m, device_ids=ids), eval_teacher, eval_student)
     # One training step: on a single CUDA device captured once as a CUDA graph and replayed (after any --resume
     # restore, since it captures during the first steps of the loop), unless --no-cuda_graph; eager on CPU and DDP.
     use_graph = args.cuda_graph is not False and graph_capturable(device, world)  # None: on where it can be
@@ -163,10 +162,11 @@ def main(args):
     alpha_of_group = torch.tensor([0.0, args.alpha1, args.alpha2, args.alpha3, args.alpha4], device=device)
     findings = Findings(data, out_dir, args.detection_npy, MAIN_PROCESS)  # detection at the split, judgement at the end
     watching = len(val_idx) > 0 and args.tipping_rule != "none"  # the noisy validation accuracy of every epoch
-    watch = Watch(guard=watching and args.guard and args.tipping_rule == DEFAULT_RULE, val_labels=labels[val_idx])
+    watch = Watch(guard=watching and args.guard, val_labels=labels[val_idx], guard_hint=guard_hint(args))
 
-    metrics = dict(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
-                   cuda_graph=use_graph, label_fixes=fixes, confidence=[], train_fit=[],
+    metrics = dict(args=vars(args), recipe=args.recipe, evaluated=recipes.RECIPES[args.recipe].predict,
+                   device=str(device), precision=precision, precision_reason=precision_reason, cuda_graph=use_graph,
+                   label_fixes=fixes, confidence=[], train_fit=[],
                    tipping_rule=args.tipping_rule, tipping_epoch=None, tipping_found_epoch=None, tipping_evidence=None,
                    train_split=None, detection_split=None, group_sizes=None, label_issues_passes=None, detection=None,
                    split_flagged=None, flagged=None, judged_by=None, val=[], val_every_epoch=[], watch=None,
@@ -175,7 +175,8 @@ def main(args):
     start_epoch, resume_epoch = 0, None
     if state is not None:
         teacher.load_state_dict(state["teacher"])
-        student.load_state_dict(state["student"])
+        if student is not None:
+            student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         train_agree.copy_(state["train_agree"])
@@ -188,8 +189,9 @@ def main(args):
         watch.load(state["watch"])
         restore_rng_states(state["rng"], generator)
         metrics = state["metrics"]
-        metrics.update(args=vars(args), device=str(device), precision=precision, precision_reason=precision_reason,
-                       cuda_graph=use_graph, label_fixes=fixes)
+        metrics.update(args=vars(args), recipe=args.recipe, evaluated=recipes.RECIPES[args.recipe].predict,
+                       device=str(device), precision=precision, precision_reason=precision_reason, cuda_graph=use_graph,
+                       label_fixes=fixes)
         if previous_metrics.get("capture_failure"):  # written after the saved state: keep the record of it
             metrics["capture_failure"] = previous_metrics["capture_failure"]
         start_epoch = state["epoch"] + 1
@@ -200,10 +202,10 @@ def main(args):
 
     def training_state(epoch_done, epoch_in_progress=None):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
-                    student=student.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    train_agree=train_agree, pass_history=None if history is None else history.state(),
-                    groups=groups, findings=findings.state(), watch=watch.state(), rng=rng_states(generator),
-                    metrics=metrics)
+                    student=None if student is None else student.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), train_agree=train_agree,
+                    pass_history=None if history is None else history.state(), groups=groups,
+                    findings=findings.state(), watch=watch.state(), rng=rng_states(generator), metrics=metrics)
 
     stop_signal = []  # SIGINT / SIGTERM: finish the current iteration, save, exit
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -213,8 +215,9 @@ def main(args):
     n_iter = len(train_batches)
     for epoch in range(start_epoch, args.n_epoch):
         t_epoch = time.time()
-        run_teacher.train()
-        run_student.train()
+        for network in (run_teacher, run_student):
+            if network is not None:
+                network.train()
         slot = epoch % n_slots
         if resume_epoch is not None:
             order, first_iter = resume_epoch["order"].to(device), resume_epoch["next_iter"]
@@ -269,7 +272,8 @@ def main(args):
                          train_idx=train_idx)
             del probs, logits  # N x C on the device: not kept until the next pass
             synchronize(device)  # for the epoch's timing only
-        log(f"epoch {epoch}: student confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s "
+        whose = "student" if student is not None else "network"  # a ce run's one network
+        log(f"epoch {epoch}: {whose} confidence {confidence:.4f}, {time.time() - t_epoch:.1f} s "
             f"(training {train_seconds:.1f} s)")
         if tipping is not None:
             tipping, evidence = tipping
@@ -302,13 +306,10 @@ def main(args):
                 best_val = val_acc
                 metrics["best_val_accuracy"], metrics["best_epoch"] = val_acc, epoch
                 if MAIN_PROCESS:
-                    save_checkpoint(f"{out_dir}/best_teacher.pth.tar", teacher, epoch, args.arch)
-                    save_checkpoint(f"{out_dir}/best_student.pth.tar", student, epoch, args.arch)
+                    save_networks(out_dir, "best_", teacher, student, epoch, args.arch)
                 log(f"saved best networks (epoch {epoch})")
         if test_batches is not None and (epoch % args.clean_test_freq == 0 or last):
-            test_acc = accuracy(eval_teacher, eval_student, test_batches, precision)
-            metrics["test"].append(dict(epoch=epoch, accuracy=test_acc))
-            log(f"clean test accuracy: {test_acc:.2f} % (epoch {epoch})")
+            record_test(metrics, epoch, accuracies(eval_teacher, eval_student, test_batches, precision))
         if watching and watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
             groups.zero_()  # back on the given labels, one-hot, for the rest of the schedule
         if MAIN_PROCESS:
@@ -320,19 +321,25 @@ def main(args):
 
     # ------------------------------------------------------------------ the final networks judge, report
     metrics.update(judge(findings, eval_teacher, eval_student, full_batches, generator, precision, data, args, metrics))
-    metrics["final_test_accuracy"] = metrics["test"][-1]["accuracy"] if metrics["test"] else None  # None: no test set
+    last_test = metrics["test"][-1] if metrics["test"] else {}  # none: no test set
+    metrics["final_test_accuracy"], metrics["final_test_accuracy_teacher"] = (last_test.get("accuracy"),
+                                                                              last_test.get("teacher_accuracy"))
     metrics["wall_time_s"] = metrics.get("wall_time_s", 0.0) + time.time() - t0  # summed over resumed parts
     metrics["finished"] = True
     if MAIN_PROCESS:
-        save_checkpoint(f"{out_dir}/teacher.pth.tar", teacher, args.n_epoch - 1, args.arch)
-        save_checkpoint(f"{out_dir}/student.pth.tar", student, args.n_epoch - 1, args.arch)
+        save_networks(out_dir, "", teacher, student, args.n_epoch - 1, args.arch)
         save_json(f"{out_dir}/metrics.json", metrics)
         os.remove(f"{out_dir}/{STATE_FILE}")  # the finished run needs no state; metrics.json says it is finished
+    teacher_alone = metrics["final_test_accuracy_teacher"]
     test = ("no test set" if metrics["final_test_accuracy"] is None else
-            f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1})")
+            f"final clean test accuracy: {metrics['final_test_accuracy']:.2f} % (epoch {args.n_epoch - 1}"
+            + ("" if teacher_alone is None else f"; the teacher alone {teacher_alone:.2f} %") + ")")
     log(f"{test}; best noisy validation accuracy {metrics['best_val_accuracy']:.2f} % at epoch {metrics['best_epoch']}")
     if not MAIN_PROCESS:  # the other ranks have no detection (the pass history lives in rank 0): nothing to say
         pass
+    elif args.recipe == "ce":
+        log("--recipe ce: one network trained with plain cross-entropy on the given labels; nothing was flagged "
+            "(no detection.npy, no label_issues.csv)")
     elif metrics["tipping_epoch"] is None and args.tipping_rule == "none":
         log("--tipping_rule none: no split, training stayed one-hot and nothing was flagged (detection.npy not written)")
     elif metrics["tipping_epoch"] is None:
@@ -350,6 +357,42 @@ def main(args):
         log(f"WARNING: {warning}")
     log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
     destroy()
+
+
+def each(fn, *models):
+    """fn of every network given, None left as None (the ce recipe has no student)."""
+    return tuple(None if m is None else fn(m) for m in models)
+
+
+def build_networks(args, num_classes, device, with_student=True):
+    """(teacher, student) of --arch on the device, channels_last (faster for these convolutions on GPUs, tensor
+    cores, and on CPUs, oneDNN, alike), SyncBatchNorm with --sync_bn; the student None without one."""
+    teacher, student = build_model(args.arch, num_classes), (build_model(args.arch, num_classes) if with_student else None)
+    teacher, student = each(lambda m: m.to(device).to(memory_format=torch.channels_last), teacher, student)
+    if args.sync_bn:
+        teacher, student = each(torch.nn.SyncBatchNorm.convert_sync_batchnorm, teacher, student)
+    return teacher, student
+
+
+def save_networks(out_dir, prefix, teacher, student, epoch, arch):
+    """The checkpoints: <prefix>teacher.pth.tar and <prefix>student.pth.tar; a ce run's one network is
+    <prefix>network.pth.tar."""
+    if student is None:
+        save_checkpoint(f"{out_dir}/{prefix}network.pth.tar", teacher, epoch, arch)
+        return
+    save_checkpoint(f"{out_dir}/{prefix}teacher.pth.tar", teacher, epoch, arch)
+    save_checkpoint(f"{out_dir}/{prefix}student.pth.tar", student, epoch, arch)
+
+
+def record_test(metrics, epoch, accuracy):
+    """An epoch's clean test accuracy (utils.engine.accuracies), kept and logged: the pair's, as the reference reports
+    it, and the teacher's alone (a ce run's one network: its own)."""
+    entry = dict(epoch=epoch, accuracy=accuracy.get("pair", accuracy.get("network")))
+    if "teacher" in accuracy:
+        entry["teacher_accuracy"] = accuracy["teacher"]
+    metrics["test"].append(entry)
+    log(f"clean test accuracy: {entry['accuracy']:.2f} % (epoch {epoch}"
+        + ("" if "teacher" not in accuracy else f"; the teacher alone {accuracy['teacher']:.2f} %") + ")")
 
 
 def otsu_or_warn(values, key, consequence, metrics):
@@ -432,15 +475,28 @@ def report(mask, scores, suggested, data, what):
     return d
 
 
+def guard_hint(args):
+    """Where the guard is off: why, and what would have turned it on, for the watch's note of where it would have
+    gone back (utils.watch); None where it is on."""
+    if args.guard:
+        return None
+    if args.recipe == "reference":
+        return ("the reference recipe keeps the soft targets, as the paper does; the robust recipe (--recipe robust) "
+                "goes back at such a fall (its plateau rule may split at another epoch)")
+    if args.tipping_rule == "plateau":
+        return "--no-guard keeps the soft targets (the robust recipe's guard is on by default)"
+    return f"the guard acts only under the plateau rule (the robust recipe's), not --tipping_rule {args.tipping_rule}"
+
+
 def watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
     """The watch after an epoch past the split (utils.watch): until the run goes back to the labels, a warning when
-    the noisy-validation accuracy fell clearly, and, under the default rule, going back to the networks of the split
-    and the given labels when the soft targets make them worse; throughout, a warning when the networks collapse onto
-    one class. True when it went back."""
+    the noisy-validation accuracy fell clearly, and, with the guard, going back to the networks of the split and the
+    given labels when the soft targets make them worse (without it, a warning where it would have); throughout, a
+    warning when the networks collapse onto one class. True when it went back."""
     if metrics["tipping_epoch"] is None or epoch <= metrics["tipping_found_epoch"]:
         return False
     warning, back = (None, False) if metrics["went_back"] else watch.check(metrics, epoch)
-    for warning in (warning, watch.collapsed(metrics, epoch)):
+    for warning in (warning, watch.unguarded(metrics, epoch), watch.collapsed(metrics, epoch)):
         if warning is not None:
             metrics["warnings"].append(warning)
             log(f"WARNING: {warning}")

@@ -46,8 +46,12 @@ def load_optional(out_dir, n, noisy_labels):
 def main(args):
     if args.review_max_images < 0:
         raise InputError(f"--review_max_images {args.review_max_images}: must be 0 or more")
-    data = load_data(args)
     out_dir = run_dir(args)
+    if args.recipe == "ce":
+        print(f"nothing to score: a --recipe ce run (plain cross-entropy, one network) flags no labels ({out_dir}); "
+              f"BKD's recipes, reference and robust, write detection.npy")
+        return
+    data = load_data(args)
     n = len(data.noisy_labels)
     flagged = load_detection(os.path.join(out_dir, "detection.npy"), n)
     scores, table, missing = load_optional(out_dir, n, data.noisy_labels)  # every file checked before printing

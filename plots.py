@@ -33,8 +33,12 @@ def load_metrics(out_dir):
 
 
 def main(args):
-    plt = pyplot()  # first: without matplotlib, one line and nothing written
     out_dir = run_dir(args)
+    if args.recipe == "ce":
+        print(f"nothing to draw: a --recipe ce run (plain cross-entropy, one network) has no split and flags no "
+              f"labels; its curves are in {out_dir}/metrics.json")
+        return
+    plt = pyplot()  # without matplotlib, one line and nothing written
     metrics = load_metrics(out_dir)
     data = load_data(args)
     n = len(data.noisy_labels)

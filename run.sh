@@ -11,11 +11,14 @@ usage: [VARIABLE=value ...] bash run.sh [flags for the three scripts ...]
 Trains BKD (blind_knowledge_dist_training.py), then for each run evaluates it (learning.py), scores its detection
 (detection.py) and draws its pictures (plots.py, when matplotlib is installed); at the end, the seed summary
 (summarize.py). Flags are passed to every script, e.g. --val_ratio 0, --label_fixes FILE, --data_dir DIR.
+Each dataset runs its default recipe (docs/recipes.md): reference, the paper's procedure, on cifar10 and cifar100;
+robust, ours, on synthetic, folder and npz. RECIPES runs others side by side, each in its own run directory.
 
 Environment variables (default in brackets):
   DATASET       cifar10 | cifar100 | synthetic | folder | npz | all (cifar10 and cifar100)        [cifar10]
   NOISE_TYPES   label sets of one dataset (NOISE_TYPE works too)   [aggre worst rand1; noisy100; given for own data]
   SEEDS         seeds (SEED works too)                                                            [0]
+  RECIPES       recipes to run side by side: reference, robust, ce (RECIPE works too)   [the dataset's default]
   RESULTS_DIR   where the run directories go                                                      [results]
   PYTHON        the Python that runs the scripts                                                  [python]
   GPUS          GPU ids to run jobs on concurrently, e.g. "0 1 2 3"          [unset: one job after another]
@@ -26,10 +29,12 @@ Examples:
   DATASET=synthetic bash run.sh                        # the offline demo on a CPU, a few minutes
   bash run.sh                                          # the reference runs: CIFAR-10N aggre, worst, rand1, seed 0
   DATASET=all SEEDS="1 2 3" GPUS="0 1 2 3" bash run.sh --val_ratio 0   # CIFAR-10N and -100N, 12 runs on 4 GPUs
+  RECIPES="reference ce" bash run.sh                   # the paper's BKD and plain cross-entropy, side by side
 
 Logs: RESULTS_DIR/<dataset>_<noise type>_seed_<seed>/{training,learning,detection,plots}.log, next to the run's
-outputs (with --label_fixes FILE the directory ends in _fixes_<8 hex digits of the file's sha256>); the seed summary
-goes to RESULTS_DIR/summary.md and summary.csv. More: docs/reproducing.md.
+outputs (a recipe other than the dataset's default adds _<recipe> to the directory, --label_fixes FILE then
+_fixes_<8 hex digits of the file's sha256>); the seed summary, a row per recipe, goes to RESULTS_DIR/summary.md and
+summary.csv. More: docs/reproducing.md.
 USAGE
 }
 for arg in "$@"; do
@@ -44,12 +49,19 @@ GPUS=${GPUS:-}
 JOBS_PER_GPU=${JOBS_PER_GPU:-1}
 DRY_RUN=${DRY_RUN:-0}
 SEEDS=${SEEDS:-${SEED:-0}}
+RECIPES=${RECIPES:-${RECIPE:-}}
 
 default_noise() {
   case "$1" in
     cifar10|synthetic) echo "aggre worst rand1" ;;
     cifar100) echo "noisy100" ;;
     folder|npz) echo "given" ;;
+  esac
+}
+default_recipe() {  # the training script's own rule (utils/recipes.py DEFAULT_RECIPE)
+  case "$1" in
+    cifar10|cifar100) echo reference ;;
+    *) echo robust ;;
   esac
 }
 demo_flags() {  # the synthetic demo's short schedule, one flag a line
@@ -75,13 +87,40 @@ if [ -n "$GPUS" ] && [ "$DRY_RUN" != 1 ] && (( BASH_VERSINFO[0] * 100 + BASH_VER
   echo "run.sh: GPUS needs bash >= 5.1 (wait -n -p); this is $BASH_VERSION" >&2; exit 2
 fi
 
-# The grid, one "dataset noise seed" entry per job.
+# --recipe among the flags is one entry of RECIPES (the run directory depends on it, so run.sh must know it); the
+# other flags go to every script.
+extra_args=()
+recipe_flag=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --recipe) [ $# -gt 1 ] || { echo "run.sh: --recipe needs a value: reference, robust or ce" >&2; exit 2; }
+              recipe_flag=$2; shift 2 ;;
+    --recipe=*) recipe_flag=${1#--recipe=}; shift ;;
+    *) extra_args+=("$1"); shift ;;
+  esac
+done
+if [ -n "$recipe_flag" ]; then
+  if [ -n "$RECIPES" ]; then
+    echo "run.sh: RECIPES='$RECIPES' and --recipe $recipe_flag both given; choose one" >&2; exit 2
+  fi
+  RECIPES=$recipe_flag
+fi
+for recipe in $RECIPES; do
+  case "$recipe" in
+    reference|robust|ce) ;;
+    *) echo "run.sh: unknown recipe '$recipe' (choose from reference, robust, ce)" >&2; exit 2 ;;
+  esac
+done
+
+# The grid, one "dataset noise seed recipe" entry per job ("-": the dataset's default recipe, no --recipe flag).
 grid=()
 for dataset in $datasets; do
   noise_types=$(default_noise "$dataset")
   [ "$DATASET" != all ] && noise_types=${NOISE_TYPES:-${NOISE_TYPE:-$noise_types}}
   for noise in $noise_types; do
-    for seed in $SEEDS; do grid+=("$dataset $noise $seed"); done
+    for seed in $SEEDS; do
+      for recipe in ${RECIPES:--}; do grid+=("$dataset $noise $seed $recipe"); done
+    done
   done
 done
 
@@ -94,10 +133,15 @@ for ((j = 0; j < JOBS_PER_GPU; j++)); do slot_gpu+=("${gpu_list[@]}"); done
 
 # The flags of one job for all three scripts (into the array `flags`) and its run directory (into `dir`).
 job_setup() {
-  local dataset=$1 noise=$2 seed=$3
-  dir="$RESULTS_DIR/${dataset}_${noise}_seed_${seed}${fixes_suffix}"
+  local dataset=$1 noise=$2 seed=$3 recipe=$4 suffix="" recipe_flags=()
+  if [ "$recipe" != - ]; then
+    recipe_flags=(--recipe "$recipe")
+    [ "$recipe" != "$(default_recipe "$dataset")" ] && suffix="_$recipe"
+  fi
+  dir="$RESULTS_DIR/${dataset}_${noise}_seed_${seed}${suffix}${fixes_suffix}"
   mapfile -t demo < <(demo_flags "$dataset")
-  flags=(--dataset "$dataset" --noise_type "$noise" --seed "$seed" --results_dir "$RESULTS_DIR" "${demo[@]}" "${extra_args[@]}")
+  flags=(--dataset "$dataset" --noise_type "$noise" --seed "$seed" "${recipe_flags[@]}" --results_dir "$RESULTS_DIR"
+         "${demo[@]}" "${extra_args[@]}")
 }
 
 # plots.py needs matplotlib, which the three scripts do not: without it the runs go on without pictures.
@@ -116,8 +160,9 @@ result_line() {  # result_line <log> <pattern>...
 # One job: train, evaluate, score, draw; logs into its run directory. The exit status says what failed, bit by bit
 # (1 training, 2 learning.py, 4 detection.py, 8 plots.py), since a background job can only report through its status.
 run_job() {
-  local name="$1 $2 seed $3" gpu=$4 status=0
-  job_setup "$1" "$2" "$3"
+  local name gpu=$5 status=0
+  name=$(job_name "$1 $2 $3 $4")
+  job_setup "$1" "$2" "$3" "$4"
   [ -n "$gpu" ] && export CUDA_VISIBLE_DEVICES=$gpu
   mkdir -p "$dir"
   echo "[$(date +%H:%M:%S)] $name: training${gpu:+ on GPU $gpu}, logs in $dir/"
@@ -143,9 +188,11 @@ record() {  # record <job name> <exit status of run_job>
   (( $2 & 8 )) && failed+=("$1 (plots.py)")
   return 0
 }
-job_name() { set -- $1; echo "$1 $2 seed $3"; }
+job_name() {  # "cifar10 worst seed 0", and the recipe where one is named: "cifar10 worst seed 0 ce"
+  set -- $1
+  if [ "$4" = - ]; then echo "$1 $2 seed $3"; else echo "$1 $2 seed $3 $4"; fi
+}
 
-extra_args=("$@")
 # With --label_fixes FILE the runs go to <dataset>_<noise>_seed_<seed>_fixes_<first 8 hex digits of the file's sha256>
 # (the scripts' own rule, data/fixes.py run_dir_suffix), and so do their logs. A relative FILE counts from here.
 fixes_suffix=""

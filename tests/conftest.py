@@ -116,7 +116,7 @@ def synthetic_run(tmp_path_factory):
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     return dict(dir=results / "synthetic_worst_seed_0", flags=flags, train=train,
                 learning=run("learning.py", *flags), learning_best=run("learning.py", *flags, "--checkpoint", "best"),
-                learning_teacher=run("learning.py", *flags, "--predict", "teacher"),
+                learning_pair=run("learning.py", *flags, "--predict", "pair"),
                 detection=run("detection.py", *flags))
 
 
@@ -148,8 +148,8 @@ OUTPUTS = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_s
            "detection_scores.npy", "label_issues.csv")
 
 
-def outputs(run_dir):
-    return {name: (run_dir / name).read_bytes() for name in OUTPUTS}
+def outputs(run_dir, names=OUTPUTS):
+    return {name: (run_dir / name).read_bytes() for name in names}
 
 
 def train(flags, results, *extra, cuda=False):

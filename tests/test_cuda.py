@@ -5,7 +5,8 @@
 The captured step equals the eager one (tight in fp32, within bf16 tolerance) and its returned outputs stay as they
 were after later replays, a real capture failure keeps its cause, a short real run on CUDA finds its tipping point
 and writes every output (and learning.py evaluates it, the pair and the teacher alone), --deterministic runs repeat
-byte for byte, and a SIGKILL plus --resume with --deterministic ends identical to the uninterrupted run.
+byte for byte (and so does a --recipe ce run, captured or not), and a SIGKILL plus --resume with --deterministic
+ends identical to the uninterrupted run.
 """
 import json
 import sys
@@ -133,6 +134,22 @@ def test_deterministic_cuda_runs_repeat_byte_for_byte_captured_or_not(fake_run):
     assert json.loads((a / "metrics.json").read_text())["tipping_epoch"] is not None
     assert outputs(a) == outputs(b)
     assert outputs(a) == outputs(eager)
+
+
+def test_a_ce_run_on_cuda_is_the_same_captured_or_not(fake_run):
+    """--recipe ce on CUDA: one network, its plain cross-entropy step captured as a CUDA graph (without a student
+    stream's work) and replayed gives the bytes of the eager step; learning.py evaluates the network."""
+    flags = [*fake_run["flags"], "--n_epoch", 30, *DETERMINISTIC, "--recipe", "ce"]
+    flags.remove("--tipping_rule")
+    flags.remove("reference")
+    for name, mode in (("graph", "--cuda_graph"), ("eager", "--no-cuda_graph")):
+        train([*flags, mode], fake_run["tmp"] / name, cuda=True)
+    graph, eager = (fake_run["tmp"] / d / "cifar10_worst_seed_0_ce" for d in ("graph", "eager"))
+    assert json.loads((graph / "metrics.json").read_text())["cuda_graph"] is True
+    names = ("network.pth.tar", "best_network.pth.tar")
+    assert outputs(graph, names) == outputs(eager, names)
+    learning = run("learning.py", *flags, "--results_dir", fake_run["tmp"] / "graph", cuda=True)
+    assert learning.returncode == 0 and "the one network" in learning.stdout, learning.stderr[-2000:]
 
 
 def test_killed_and_resumed_deterministic_cuda_run_ends_identical(fake_run):

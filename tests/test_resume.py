@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REFERENCE_EPOCHS, ROOT, RUN_DIR, outputs, run, script_env, train, write_pickle
+from tests.conftest import OUTPUTS, REFERENCE_EPOCHS, ROOT, RUN_DIR, outputs, run, script_env, train, write_pickle
 
 def start(flags, results, *extra, cuda=False):
     env = script_env(cuda=cuda)
@@ -40,17 +40,18 @@ def epochs_done(run_dir):
         return 0
 
 
-def kill_and_resume(flags, tmp, kills=3, cuda=False, reference=None, targets=None):
+def kill_and_resume(flags, tmp, kills=3, cuda=False, reference=None, targets=None, run_name=RUN_DIR, names=OUTPUTS):
     """One run killed with SIGKILL `kills` times and each time resumed with --resume: the k-th kill comes at a random
     moment of a random epoch of the k-th part of the run (so before and after the split, and a resumed run killed
     again), never before a state was saved (--resume would then start from scratch and prove nothing). In the end the
     outputs must be the uninterrupted run's, byte for byte. `reference`: that run's outputs (trained here if None);
-    `targets`: the epochs to kill in, instead."""
+    `targets`: the epochs to kill in, instead; `run_name`: the run directory the flags name; `names`: the outputs
+    compared."""
     if reference is None:
         train(flags, tmp / "reference", cuda=cuda)
-        reference = dict(outputs=outputs(tmp / "reference" / RUN_DIR))
+        reference = dict(outputs=outputs(tmp / "reference" / run_name, names))
     results, rng = tmp / "killed", random.Random(0)
-    run_dir = results / RUN_DIR
+    run_dir = results / run_name
     if targets is None:
         n_epoch = int([str(f) for f in flags][::-1][[str(f) for f in flags][::-1].index("--n_epoch") - 1])
         targets = [rng.randrange(max(1, k * n_epoch // kills), max(2, (k + 1) * n_epoch // kills - 1))
@@ -67,7 +68,7 @@ def kill_and_resume(flags, tmp, kills=3, cuda=False, reference=None, targets=Non
         assert process.returncode == -signal.SIGKILL, "the run ended before it was killed"
     resumed = train(flags, results, "--resume", cuda=cuda)
     assert resumed.stdout.count("resuming from") == 1
-    assert outputs(run_dir) == reference["outputs"], (targets, resumed.stdout[-1500:])
+    assert outputs(run_dir, names) == reference["outputs"], (targets, resumed.stdout[-1500:])
     assert not list(run_dir.glob(".*.tmp"))  # no temporary file left behind
     return targets
 
@@ -80,22 +81,23 @@ def test_killed_at_random_moments_and_resumed_gives_identical_outputs(reference,
 
 
 def test_killed_and_resumed_under_the_default_rule_gives_identical_outputs(fake_cifar, tmp_path):
-    """The default tipping rule splits up to PATIENCE epochs after its tipping epoch, from the pass history it keeps
-    until then (utils/history.py): killed before the tipping epoch, between it and the epoch that finds it, and after
-    the split, and resumed each time, the run ends byte for byte as the uninterrupted one."""
+    """The plateau tipping rule (the robust recipe's, the default on own data) splits up to PATIENCE epochs after its
+    tipping epoch, from the pass history it keeps until then (utils/history.py): killed before the tipping epoch,
+    between it and the epoch that finds it, and after the split, and resumed each time, the run ends byte for byte as
+    the uninterrupted one."""
     clean = fake_cifar["labels10"]
     write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 3 // 2) % 10})
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
              tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
-             "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5]
+             "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--recipe", "robust"]
     train(flags, tmp_path / "reference")
-    m = json.loads((tmp_path / "reference" / RUN_DIR / "metrics.json").read_text())
+    m = json.loads((tmp_path / "reference" / f"{RUN_DIR}_robust" / "metrics.json").read_text())
     tipping, found = m["tipping_epoch"], m["tipping_found_epoch"]
     assert m["tipping_rule"] == "plateau" and tipping is not None and tipping < found < 26, (tipping, found)
     # each kill lands in the epoch after the target (or the one after that): before the tipping epoch, in the
     # epochs the history must carry the tipping pass across, and after the split
-    kill_and_resume(flags, tmp_path, reference=dict(outputs=outputs(tmp_path / "reference" / RUN_DIR)),
-                    targets=[max(1, tipping - 2), tipping + 1, found + 2])
+    kill_and_resume(flags, tmp_path, reference=dict(outputs=outputs(tmp_path / "reference" / f"{RUN_DIR}_robust")),
+                    targets=[max(1, tipping - 2), tipping + 1, found + 2], run_name=f"{RUN_DIR}_robust")
 
 
 def test_sigint_saves_state_and_resume_finishes_identically(reference, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.slow  # starts scripts: not in the quick tier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = ("DATASET", "NOISE_TYPES", "NOISE_TYPE", "SEEDS", "SEED", "GPUS", "JOBS_PER_GPU", "DRY_RUN", "RESULTS_DIR",
+SETTINGS = ("DATASET", "NOISE_TYPES", "NOISE_TYPE", "SEEDS", "SEED", "RECIPES", "RECIPE", "GPUS", "JOBS_PER_GPU", "DRY_RUN", "RESULTS_DIR",
             "PYTHON", "CUDA_VISIBLE_DEVICES", "FAKE_MATPLOTLIB")
 
 # Stands in for `python`: one "start" and one "end" line per call (time, GPU, script, flags) into $FAKE_CALLS,
@@ -60,9 +60,10 @@ def test_help_prints_the_usage_and_runs_nothing(tmp_path, flag):
     r = run_sh(tmp_path, "--val_ratio", "0", flag, DATASET="synthetic")
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.startswith("usage: [VARIABLE=value ...] bash run.sh")
-    for setting in ("DATASET", "NOISE_TYPES", "SEEDS", "RESULTS_DIR", "PYTHON", "GPUS", "JOBS_PER_GPU", "DRY_RUN"):
+    for setting in ("DATASET", "NOISE_TYPES", "SEEDS", "RECIPES", "RESULTS_DIR", "PYTHON", "GPUS", "JOBS_PER_GPU",
+                    "DRY_RUN"):
         assert re.search(rf"^  {setting} .*\[.+\]$", r.stdout, re.M), setting  # each with its default
-    assert len(re.findall(r"^  .*bash run\.sh", r.stdout, re.M)) == 3  # three examples
+    assert len(re.findall(r"^  .*bash run\.sh", r.stdout, re.M)) == 4  # four examples
     assert "RESULTS_DIR/<dataset>_<noise type>_seed_<seed>/" in r.stdout
     assert not (tmp_path / "calls.txt").exists() and not (tmp_path / "results").exists()  # nothing ran
 
@@ -99,6 +100,35 @@ def test_dry_run_datasets(tmp_path):
     assert r.stdout.count("--n_epoch 24 --lr 0.1 --lr_decay_every 5 --print_freq 10 --noisy_val_freq 3 "
                           "--clean_test_freq 3 --lr 0.5 >") == 3  # the demo's schedule, then the user's flags
     assert run_sh(tmp_path, DRY_RUN="1", DATASET="cifar1000").returncode == 2
+
+
+def test_dry_run_recipes_side_by_side(tmp_path):
+    """RECIPES runs each recipe of each label set and seed, in its own run directory: the dataset's default recipe in
+    the directory the reference's commands name, another with _<recipe> (the training script's own rule,
+    utils.cli.run_dir, checked here against run.sh's); --recipe among the flags is one recipe; bad names stop."""
+    import argparse
+    from utils.cli import run_dir
+    from utils.recipes import RECIPES
+    for dataset in ("cifar10", "synthetic"):
+        r = run_sh(tmp_path, DRY_RUN="1", DATASET=dataset, NOISE_TYPES="worst", RECIPES=" ".join(RECIPES))
+        assert r.returncode == 0, r.stderr
+        jobs = re.findall(rf"^job \d/3 {dataset} worst seed 0 (\w+): slot 0", r.stdout, re.M)
+        assert jobs == list(RECIPES)
+        for recipe in RECIPES:
+            expected = run_dir(argparse.Namespace(dataset=dataset, noise_type="worst", seed=0, recipe=recipe,
+                                                  results_dir=f"{tmp_path}/results", label_fixes=None))
+            training = next(line for line in r.stdout.splitlines() if f"training.py --dataset {dataset}" in line
+                            and f"--recipe {recipe} " in line)
+            assert training.endswith(f"> {expected}/training.log 2>&1"), (training, expected)
+    r = run_sh(tmp_path, "--recipe", "ce", "--val_ratio", "0", DRY_RUN="1", NOISE_TYPES="worst")
+    assert r.returncode == 0 and "job 1/1 cifar10 worst seed 0 ce:" in r.stdout
+    assert r.stdout.count("--recipe ce ") == 3 and "_seed_0_ce/training.log" in r.stdout  # once per script
+    plain = run_sh(tmp_path, DRY_RUN="1", NOISE_TYPES="worst")
+    assert "--recipe" not in plain.stdout and "job 1/1 cifar10 worst seed 0: slot 0" in plain.stdout
+    for bad, message in (({"RECIPES": "fast"}, "unknown recipe 'fast'"),
+                         ({"RECIPES": "ce", "extra": ("--recipe", "robust")}, "both given")):
+        r = run_sh(tmp_path, *bad.pop("extra", ()), DRY_RUN="1", **bad)
+        assert r.returncode == 2 and message in r.stderr and r.stdout == "", r.stderr
 
 
 def read_calls(tmp_path):

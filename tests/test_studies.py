@@ -4,6 +4,7 @@ of finished runs, and the bf16 variants of tools/precision_variant.py."""
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from data import Dataset
 import detection
 from data.fixes import apply_label_fixes, write_label_fixes
-from tests.conftest import ROOT, run, write_pickle
+from tests.conftest import ROOT, run, script_env, write_pickle
 from utils.label_issues import write_label_issues
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -322,22 +323,66 @@ def test_the_grid_of_the_studies():
 
 @pytest.mark.slow
 def test_plain_cross_entropy_of_the_learning_study(tmp_path):
-    """tools/learning_study.py one_network: one network with plain cross-entropy on a label set's training split,
-    validation and test every epoch, and its fit of the wrong training labels, in metrics.json."""
+    """tools/learning_study.py's plain cross-entropy is a --recipe ce run of the training script (one pipeline), in its
+    own run directory, validated and tested every epoch; its fit of the wrong training labels comes from its best and
+    final checkpoints, here recomputed by hand with plain torch."""
+    import torch
     import learning_study
+    from study import grid_run, run_all
+    from data import split_indices
+    from models import build_model
     rng = np.random.default_rng(0)
     clean = np.repeat(np.arange(4), 30)
     images = (rng.uniform(0, 1, (4, 1, 1, 3))[clean] * 255 * np.ones((120, 8, 8, 3))).astype(np.uint8)
     noisy = np.where(np.arange(120) % 4 == 0, (clean + 1) % 4, clean)
     np.savez(tmp_path / "toy_pair_25.npz", train_images=images, train_labels=noisy, clean_labels=clean,
              test_images=images[:40], test_labels=clean[:40])
-    args = argparse_namespace(label_set="toy pair 25", seed=1, schedule="demo", study_data=str(tmp_path),
-                              out=str(tmp_path / "out"))
-    learning_study.one_network(args)
-    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert m["finished"] and len(m["val"]) == len(m["test"]) == len(m["fits_wrong"]) == 24
-    assert m["final_test_accuracy"] == m["test"][-1] and m["best_test_accuracy"] == m["test"][m["best_epoch"]]
-    assert m["image_epochs"] == 24 * 108 and 0 <= min(m["fits_wrong"]) <= max(m["fits_wrong"]) <= 1
+    run = grid_run(str(tmp_path / "r"), "demo", "ce", "toy pair 25", "1", str(tmp_path))
+    assert run.run_dir.endswith("npz_given_seed_1_ce") and run.flags[run.flags.index("--recipe") + 1] == "ce"
+    assert run_all([run], 1) == []
+    m = run.metrics()
+    assert m["recipe"] == "ce" and m["evaluated"] == "network" and m["detection"] is None
+    assert [v["epoch"] for v in m["val"]] == [t["epoch"] for t in m["test"]] == list(range(24))
+    best, final = learning_study.accuracies(run, "plain")
+    assert final == m["test"][-1]["accuracy"] and best == m["test"][m["best_epoch"]]["accuracy"]
+    data = learning_study.LabelSet("toy pair 25", str(tmp_path)).data()
+    train_idx = split_indices(120, 0.1, 1)[0]
+    wrong = train_idx[noisy[train_idx] != clean[train_idx]]
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in data.mean_std)
+    x = (torch.tensor(images[wrong]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    by_hand = []
+    for name in ("best_network.pth.tar", "network.pth.tar"):
+        net = build_model("small_cnn", 4)
+        net.load_state_dict(torch.load(os.path.join(run.run_dir, name), weights_only=True)["state_dict"])
+        with torch.no_grad():
+            by_hand.append(float((net.eval()(x).argmax(1).numpy() == noisy[wrong]).mean()))
+    assert learning_study.fits_wrong(run, data) == pytest.approx(tuple(by_hand))
+    assert json.loads((tmp_path / "r" / "runs" / "demo" / "ce" / "toy_pair_25" / "npz_given_seed_1_ce" /
+                       "fits_wrong.json").read_text()) == pytest.approx(by_hand)  # cached
+
+
+@pytest.mark.slow
+def test_ce_pipeline_study_end_to_end(tmp_path):
+    """tools/ce_pipeline_study.py on a toy label set, two seeds: the studies' former loop and --recipe ce train the
+    same network to the same final accuracy, seed by seed (what docs/learning.md relies on to keep its tables); a
+    second call trains nothing."""
+    rng = np.random.default_rng(0)
+    clean = np.repeat(np.arange(4), 30)
+    images = (rng.uniform(0, 1, (4, 1, 1, 3))[clean] * 255 * np.ones((120, 8, 8, 3))
+              + rng.normal(0, 40, (120, 8, 8, 3))).clip(0, 255).astype(np.uint8)
+    noisy = np.where(np.arange(120) % 4 == 0, (clean + 1) % 4, clean)
+    np.savez(tmp_path / "toy_pair_25.npz", train_images=images, train_labels=noisy, clean_labels=clean,
+             test_images=images[:40], test_labels=clean[:40])
+    command = [sys.executable, os.path.join(ROOT, "tools", "ce_pipeline_study.py"), "--label_sets", "toy pair 25",
+               "--schedules", "demo", "--seeds", "0", "1", "--study_data", str(tmp_path), "--results_dir",
+               str(tmp_path / "r")]
+    first = subprocess.run(command, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    row = next(line for line in first.stdout.splitlines() if line.startswith("| demo | toy pair 25 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == cells[3] and cells[4] == "+0.00 ± 0.00" and cells[6] == "2 of 2", row
+    again = subprocess.run(command, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
+    assert "4 of 4 finished already, 0 to train" in again.stdout and row in again.stdout
 
 
 def argparse_namespace(**kwargs):
@@ -424,12 +469,12 @@ def test_learning_study_teacher_alone_columns_by_hand(tmp_path):
     teacher = [np.arange(4) % 2, np.array([0, 1, 0, 0]), np.array([1, 0, 0, 1])]  # 100, 75, 50 %
     for method in finals:
         for i, seed in enumerate(args.seeds):
-            run = (learning_study.plain_run(args, "demo", "toy pair 25", seed) if method == "plain" else
-                   grid_run(args.results_dir, "demo", method, "toy pair 25", seed, args.study_data))
+            run = grid_run(args.results_dir, "demo", "ce" if method == "plain" else method, "toy pair 25", seed,
+                           args.study_data)
             runs["demo", method, "toy pair 25", seed] = run
             os.makedirs(run.run_dir)
             metrics = dict(finished=True, final_test_accuracy=finals[method][i], best_epoch=5,
-                           test=[dict(epoch=5, accuracy=50.0)], best_test_accuracy=50.0, fits_wrong=[])
+                           test=[dict(epoch=5, accuracy=50.0)])
             with open(os.path.join(run.run_dir, "metrics.json"), "w") as f:
                 json.dump(metrics, f)
             np.savez(os.path.join(run.run_dir, "test_predictions.npz"), teacher=teacher[i], pair=np.arange(4) % 2)

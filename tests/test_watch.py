@@ -226,9 +226,10 @@ def collapse_after_the_split(monkeypatch):
     monkeypatch.setattr(Watch, "record", staticmethod(collapsing))
 
 
-def train_fake_run(fake_cifar, tmp_path, capsys, *extra):
-    """The fake CIFAR-10 run that splits (tests/test_resume.py's), in-process, judged by the final networks where
-    they can be trusted (--judge final); (its log, its folder, its metrics)."""
+def train_fake_run(fake_cifar, tmp_path, capsys, *extra, recipe="robust"):
+    """The fake CIFAR-10 run that splits (tests/test_resume.py's), in-process, under the recipe (the robust one: the
+    plateau rule and the guard), judged by the final networks where they can be trusted (--judge final); (its log,
+    its folder, its metrics)."""
     import json
     import signal
 
@@ -240,7 +241,7 @@ def train_fake_run(fake_cifar, tmp_path, capsys, *extra):
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
              tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
              "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--results_dir", tmp_path / "r",
-             "--judge", "final", *extra]  # so that the split judges only because the final networks are distrusted
+             "--judge", "final", "--recipe", recipe, *extra]  # the split judges only where the final networks are distrusted
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     parser = get_args_parser("test")
     try:
@@ -248,7 +249,7 @@ def train_fake_run(fake_cifar, tmp_path, capsys, *extra):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    d = tmp_path / "r" / "cifar10_worst_seed_0"
+    d = tmp_path / "r" / ("cifar10_worst_seed_0" + ("" if recipe == "reference" else f"_{recipe}"))
     return capsys.readouterr().out, d, json.loads((d / "metrics.json").read_text())
 
 
@@ -285,6 +286,29 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     table = read_label_issues(d / "label_issues.csv", 100)
     assert np.array_equal(table["index"], np.argsort(np.load(d / "detection_scores.npy"), kind="stable"))
     assert in_dataset_order(table, "flagged").sum() == m["split_flagged"]["flagged"] == m["flagged"]["flagged"]
+
+
+@pytest.mark.slow
+def test_under_the_reference_recipe_a_fall_warns_where_the_guard_would_have_gone_back(fake_cifar, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """The reference recipe (the paper's procedure, CIFAR's default) keeps the soft targets whatever happens, but where
+    the robust recipe's guard would have gone back, a warning says so at that epoch and in the final summary, naming
+    --recipe robust; the run itself goes on (nothing went back)."""
+    from utils.watch import GUARD_OFF
+    real_check = Watch.check
+
+    def falling(self, metrics, epoch):
+        metrics["val_every_epoch"][-1] -= 30
+        return real_check(self, metrics, epoch)
+    monkeypatch.setattr(Watch, "check", falling)
+    out, d, m = train_fake_run(fake_cifar, tmp_path, capsys, recipe="reference")
+    found = m["tipping_found_epoch"]
+    assert m["recipe"] == "reference" and m["tipping_rule"] == "reference" and found is not None
+    assert m["went_back"] is None and not m["args"]["guard"]
+    notes = [w for w in m["warnings"] if w.startswith(GUARD_OFF)]
+    assert len(notes) == 1 and f"at epoch {found + 1}:" in notes[0] and "--recipe robust" in notes[0]
+    assert out.count(f"WARNING: {notes[0]}") == 2
+    assert any("fell after the split" in w for w in m["warnings"])
 
 
 @pytest.mark.slow

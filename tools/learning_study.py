@@ -6,12 +6,12 @@
 Per label set, seed and schedule of the grid (tools/study.py: real image sources clean, with 20 % uniform and 25 %
 pair flips, the demo's schedule and a long one): BKD with the default tipping rule, BKD with the reference's rule,
 BKD without a split (--tipping_rule none: the teacher and the blind student with their compensation loss, one-hot
-throughout) and plain cross-entropy (one network of the same architecture, the same training split, augmentation,
-optimizer and schedule: what a user runs instead). Each gives its final networks' clean test accuracy and that of
+throughout) and plain cross-entropy (--recipe ce: one network of the same architecture in the same pipeline, the same
+training split, augmentation, optimizer and schedule: what a user runs instead). Each gives its final networks' clean test accuracy and that of
 the networks of its best noisy-validation epoch (validation every epoch), as learning.py reports them (--checkpoint
 best). Differences are paired by seed; p is the paired t-test's. The ground truth only scores: the plain network's
-fit of the wrong labels (the share of them its prediction matches, rising late when it memorises) is printed per
-schedule. Chosen on the sources of tools/study.py CHOSEN_SOURCES; confirmed on NEW_SOURCES.
+fit of the wrong labels (the share of them its prediction matches, rising late when it memorises: its best and its
+final checkpoint, without augmentation) is printed per schedule. Chosen on the sources of tools/study.py CHOSEN_SOURCES; confirmed on NEW_SOURCES.
 """
 import argparse
 import json
@@ -21,46 +21,14 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from study import (CHOSEN_SOURCES, NEW_SOURCES, NOISES, ROOT, STUDY_DATA, STUDY_SCHEDULES, LabelSet, Run,  # noqa: E402
+from study import (CHOSEN_SOURCES, NEW_SOURCES, NOISES, ROOT, STUDY_DATA, STUDY_SCHEDULES, LabelSet,  # noqa: E402
                    confirming, device_line, grid_run, guard_goes_back, guarded_run, label_sets, markdown_table,
-                   mean_ci, paired, pm, run_all, signed, stop_if_failed, train_one_network)
+                   mean_ci, paired, pm, run_all, signed, stop_if_failed, stop_if_missing, write_study)
 
 sys.path.insert(0, ROOT)
 from data import split_indices  # noqa: E402
 
-THIS = os.path.abspath(__file__)
-METHODS = ("plain", "none", "noguard", "plateau", "reference")  # plain: one network with cross-entropy
-
-
-def one_network(args):
-    """Train plain cross-entropy on a label set of the grid (the BKD runs' training split); write metrics.json: the
-    noisy validation and clean test accuracy of every epoch, and the share of the wrong training labels the network
-    predicts (its fit of them: ground truth, for the study's memorisation column only)."""
-    data = LabelSet(args.label_set, args.study_data).data()
-    train_idx, val_idx = split_indices(len(data.noisy_labels), 0.1, args.seed)
-    wrong = data.noise_or_not[train_idx]
-    record = dict(val=[], test=[], fits_wrong=[])
-
-    def on_epoch(epoch, predict):
-        val = predict(data.train_images[val_idx]).argmax(axis=1)
-        record["val"].append(float(np.mean(val == data.noisy_labels[val_idx]) * 100))
-        record["test"].append(float(np.mean(predict(data.test_images).argmax(axis=1) == data.test_labels) * 100))
-        if wrong.any():
-            fit = predict(data.train_images[train_idx[wrong]]).argmax(axis=1) == data.noisy_labels[train_idx[wrong]]
-            record["fits_wrong"].append(float(fit.mean()))
-    _, image_epochs = train_one_network(data, train_idx, args.seed, args.schedule, on_epoch)
-    best = int(np.argmax(record["val"]))  # the first of the highest, as the training script keeps it
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(dict(record, finished=True, best_epoch=best, final_test_accuracy=record["test"][-1],
-                       best_test_accuracy=record["test"][best], image_epochs=image_epochs), f)
-
-
-def plain_run(args, schedule, name, seed):
-    ls = LabelSet(name, args.study_data)
-    out = os.path.join(args.results_dir, "runs", schedule, "plain", ls.folder, f"seed_{seed}")
-    return Run(THIS, ["one_network", "--label_set", name, "--seed", seed, "--schedule", schedule, "--study_data",
-                      args.study_data, "--out", out], out)
+METHODS = ("plain", "none", "noguard", "plateau", "reference")  # plain: one network with cross-entropy, --recipe ce
 
 
 def cells(args):
@@ -78,7 +46,7 @@ def runs_of(args):
     runs = {}
     for schedule, name, seed in cells(args):
         if "plain" in args.methods:
-            runs[schedule, "plain", name, seed] = plain_run(args, schedule, name, seed)
+            runs[schedule, "plain", name, seed] = grid_run(args.results_dir, schedule, "ce", name, seed, args.study_data)
         for method in ("none", "noguard", "reference"):
             if method in args.methods or (method == "noguard" and "plateau" in args.methods):
                 runs[schedule, method, name, seed] = grid_run(args.results_dir, schedule, method, name, seed,
@@ -148,11 +116,39 @@ def contradicted(run, data):
     return float(pushed.sum() / max(right.sum(), 1))
 
 
+def fits_wrong(run, data):
+    """(at the best noisy-validation epoch, at the last) the share of the wrong labels of the training split that a
+    --recipe ce run's network predicts (its fit of them: the ground truth, for this column only), from its checkpoints
+    without augmentation. Cached in <run>/fits_wrong.json."""
+    cache = os.path.join(run.run_dir, "fits_wrong.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return tuple(json.load(f))
+    import torch
+    from data.pipeline import DeviceBatches, to_device_images
+    from utils.checkpoint import load_network
+    from utils.engine import agreement_pass
+    seed = int(run.flags[run.flags.index("--seed") + 1])
+    train_idx = split_indices(len(data.noisy_labels), 0.1, seed)[0]
+    wrong = train_idx[data.noise_or_not[train_idx]]
+    if not len(wrong):
+        return None
+    pad_mode, flip_first = data.augment
+    batches = DeviceBatches(to_device_images(data.train_images, pad_mode, torch.device("cpu")),
+                            torch.as_tensor(data.noisy_labels), torch.as_tensor(wrong), data.mean_std, 256,
+                            flip_first=flip_first)
+    fits = []
+    for prefix in ("best_", ""):
+        network = load_network(os.path.join(run.run_dir, f"{prefix}network.pth.tar"), "small_cnn", data.num_classes)[0]
+        fits.append(float((agreement_pass(network, None, batches)[1] == batches.labels[batches.indices]).float().mean()))
+    with open(cache, "w") as f:
+        json.dump(fits, f)
+    return tuple(fits)
+
+
 def accuracies(run, method):
     """(final clean test accuracy, that of the best noisy-validation epoch) of a finished run."""
     m = run.metrics()
-    if method == "plain":
-        return m["final_test_accuracy"], m["best_test_accuracy"]
     test = {t["epoch"]: t["accuracy"] for t in m["test"]}
     return m["final_test_accuracy"], test[m["best_epoch"]]
 
@@ -216,10 +212,9 @@ def tables(args, runs):
                     if None not in shares:
                         pushed = f"{np.mean(shares):.3f}"
                         spread.extend(zip(shares, final["noguard"] - final["none"]) if "none" in got else [])
-                fits = [r.metrics() for r in got.get("plain", [])]
-                fit_text = "–" if not fits or not fits[0]["fits_wrong"] else (
-                    f"{np.mean([f['fits_wrong'][f['best_epoch']] for f in fits]):.2f} -> "
-                    f"{np.mean([f['fits_wrong'][-1] for f in fits]):.2f}")
+                fits = [fits_wrong(r, data) for r in got.get("plain", [])]
+                fit_text = "–" if not fits or None in fits else (
+                    f"{np.mean([best for best, _ in fits]):.2f} -> {np.mean([last for _, last in fits]):.2f}")
                 rows.append([name, level(final, "plain"), level(final, "none"), level(final, "plateau"),
                              *versus(final, "none", "plateau"), *versus(final, "plain", "plateau"), back,
                              versus(final, "none", "noguard")[0], versus(final, "noguard", "plateau")[0],
@@ -279,12 +274,6 @@ def guard_table(args, runs):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
-    sub = p.add_subparsers(dest="command")
-    one = sub.add_parser("one_network", help="(internal) train plain cross-entropy on one label set")
-    for flag in ("label_set", "schedule", "study_data", "out"):
-        one.add_argument(f"--{flag}", required=True)
-    one.add_argument("--seed", type=int, required=True)
-    one.add_argument("--resume", action="store_true", help="(ignored: retrained unless finished)")
     p.add_argument("--sources", nargs="+", default=list(CHOSEN_SOURCES + NEW_SOURCES),
                    help=f"image sources of tools/make_study_npz.py, each {', '.join(NOISES)} (the memorise schedule: "
                         f"their small versions, with wrong labels)")
@@ -301,17 +290,10 @@ def main():
                    help="also replay candidate settings of the guard on the chosen-on runs without it (how the shipped "
                         "one was chosen)")
     args = p.parse_args()
-    if args.command == "one_network":
-        return one_network(args)
-    missing = [m for m in (LabelSet(n, args.study_data).missing_file() for _, n, _ in cells(args)) if m]
-    if missing:
-        sys.exit(f"learning_study.py: {missing[0]}")
+    stop_if_missing(dict.fromkeys(n for _, n, _ in cells(args)), args.study_data, "learning_study.py")
     runs = runs_of(args)
-    text = tables(args, runs) + (guard_table(args, runs) if args.guard_settings else "")
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "study.md"), "w") as f:
-        f.write(text)
-    print(text)
+    write_study(os.path.join(args.results_dir, "study.md"),
+                tables(args, runs) + (guard_table(args, runs) if args.guard_settings else ""))
 
 
 if __name__ == "__main__":

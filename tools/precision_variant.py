@@ -49,10 +49,10 @@ def patch(variant):
             return net
         training.build_model = build_model
     elif variant == "fp32_eval":
-        agreement_pass, accuracy = training.agreement_pass, training.accuracy
+        agreement_pass, accuracies = training.agreement_pass, training.accuracies
         training.agreement_pass = lambda teacher, student, batches, precision, **keep: agreement_pass(
             teacher, student, batches, "fp32", **keep)
-        training.accuracy = lambda teacher, student, batches, precision: accuracy(teacher, student, batches, "fp32")
+        training.accuracies = lambda teacher, student, batches, precision: accuracies(teacher, student, batches, "fp32")
 
 
 if __name__ == "__main__":

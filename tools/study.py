@@ -86,11 +86,12 @@ STUDY_SCHEDULES = {  # name: the training flags (validation and test every epoch
 }
 # the memorise schedule's sources (their small versions), one chosen on and both new ones
 SMALL_SOURCES = {"fashion": "fashion-small", "doodles": "doodles-small", "emoji": "emoji-small"}
-BKD_METHODS = {  # name: the training script's flags
-    "plateau": ["--tipping_rule", "plateau", "--record_passes"],  # the default, its guard on; its passes recorded
-    "noguard": ["--tipping_rule", "plateau", "--no-guard", "--record_passes"],  # the default rule, never going back
-    "reference": ["--tipping_rule", "reference"],  # the paper's method
+BKD_METHODS = {  # name: the training script's flags (the sources are own data: the robust recipe by default)
+    "plateau": ["--tipping_rule", "plateau", "--record_passes"],  # the robust recipe, its guard on; its passes recorded
+    "noguard": ["--tipping_rule", "plateau", "--no-guard", "--record_passes"],  # the plateau rule, never going back
+    "reference": ["--tipping_rule", "reference"],  # the paper's method (the reference recipe's training exactly)
     "none": ["--tipping_rule", "none", "--record_passes"],  # never split (the pair of networks, one-hot throughout)
+    "ce": ["--recipe", "ce"],  # plain cross-entropy: one network in the same pipeline (the baseline)
 }
 TRAINING = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 
@@ -113,7 +114,9 @@ def grid_run(results_dir, schedule, method, name, seed, study_data=STUDY_DATA):
     ls = LabelSet(name, study_data)
     out = os.path.join(results_dir, "runs", schedule, method, ls.folder)
     flags = ls.flags + ["--seed", seed, "--results_dir", out] + BKD_METHODS[method] + STUDY_SCHEDULES[schedule]
-    return Run(TRAINING, flags, os.path.join(out, f"{ls.run_name}_seed_{seed}"))
+    recipe = flags[flags.index("--recipe") + 1] if "--recipe" in flags else "robust"  # the sources' default: robust
+    return Run(TRAINING, flags, os.path.join(out, f"{ls.run_name}_seed_{seed}" + ("" if recipe == "robust" else
+                                                                                   f"_{recipe}")))
 
 
 def guarded_run(results_dir, schedule, name, seed, study_data=STUDY_DATA):
@@ -168,7 +171,9 @@ def schedule_values(schedule):
 def train_one_network(data, train_positions, seed, schedule, on_epoch=None, arch="small_cnn"):
     """One network trained with plain cross-entropy on the noisy labels of data's images at train_positions, with the
     training script's augmentation, batches, optimizer (SGD, momentum 0.9, weight decay 5e-4) and schedule (a name of
-    STUDY_SCHEDULES or its flags), on the CPU. on_epoch(epoch, predict) is called after every epoch, where
+    STUDY_SCHEDULES or its flags), on the CPU: the peer's folds (tools/flag_study.py, cleanlab's cross-validation of
+    images the product's pipeline has no notion of), and the former plain cross-entropy of the learning study, which
+    --recipe ce replaced (tools/ce_pipeline_study.py compares the two). on_epoch(epoch, predict) is called after every epoch, where
     predict(images (N, S, S, 3) uint8) gives the network's softmax (N, C) without augmentation. Returns predict and
     the image-epochs it trained."""
     import torch
@@ -247,6 +252,21 @@ class Run:
 
     def command(self):
         return [sys.executable, self.script, *self.flags, "--resume"]  # --resume: a fresh run, or go on where it stopped
+
+
+def stop_if_missing(names, study_data, tool):
+    """Exit with one line saying how to make the first of the label sets' files that is missing."""
+    missing = [m for m in (LabelSet(n, study_data).missing_file() for n in names) if m]
+    if missing:
+        sys.exit(f"{tool}: {missing[0]}")
+
+
+def write_study(path, text):
+    """A study's tables: written to path (its folder made) and printed."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
 
 
 def threads_per_job(jobs):

@@ -10,6 +10,7 @@ import torch
 
 from models import build_model
 from utils import InputError, atomic_write
+from utils.recipes import recipe_of
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
@@ -43,12 +44,17 @@ def save_checkpoint(path, model, epoch, arch):
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def require_checkpoint(path):
+    """One clear InputError when there is no checkpoint at path (before anything slow, such as a download)."""
+    if not os.path.isfile(path):
+        raise InputError(f"no checkpoint at {path}; train first: python blind_knowledge_dist_training.py "
+                         f"with the same --dataset, --noise_type, --seed and --recipe")
+
+
 def load_network(path, arch, num_classes):
     """(network, checkpoint dict) from a checkpoint of this project or of the reference (strict key match).
     The checkpoint's own arch wins over `arch`. One clear InputError on any problem."""
-    if not os.path.isfile(path):
-        raise InputError(f"no checkpoint at {path}; train first: python blind_knowledge_dist_training.py "
-                         f"with the same --dataset, --noise_type and --seed")
+    require_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
         if not isinstance(checkpoint, dict):
@@ -65,6 +71,7 @@ def load_network(path, arch, num_classes):
 # ---------------------------------------------------------------------------- training state (--resume)
 STATE_FILE = "state.pth.tar"
 OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "best_student.pth.tar",
+                "network.pth.tar", "best_network.pth.tar",  # the one network of a --recipe ce run
                 "detection.npy", "detection_scores.npy", "label_issues.csv", "metrics.json", "label_fixes.csv",
                 STATE_FILE,
                 # written by detection.py and plots.py from the files above: stale once the run is trained again
@@ -77,7 +84,7 @@ OUTPUT_FOLDERS = ("passes", "policy_fixes")
 STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "pass_history", "groups",
               "findings", "watch", "rng", "metrics")
 # flags a resumed run must share with the run it continues (the others only change logging or speed)
-RESUME_MUST_MATCH = ("dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
+RESUME_MUST_MATCH = ("recipe", "dataset", "noise_type", "seed", "arch", "val_ratio", "batch_size", "lr", "lr_decay_every",
                      "momentum", "weight_decay", "alpha1", "alpha2", "alpha3", "alpha4", "noisy_val_freq",
                      "clean_test_freq", "precision", "deterministic", "tipping_rule", "record_passes", "detection_npy",
                      "guard")
@@ -151,7 +158,14 @@ def prepare_run_dir(out_dir, args):
         if not os.path.isfile(state_path):
             return None  # killed before its first epoch ended (or never started): start from scratch
         state = load_state(state_path)
-        saved = state["metrics"]["args"]
+        saved = dict(state["metrics"]["args"])
+        if "recipe" not in saved:  # a state saved before recipes: the guard acted only under the plateau rule then
+            saved.update(recipe=recipe_of(state["metrics"]), guard=bool(saved.get("guard"))
+                         and saved.get("tipping_rule") == "plateau")
+        if saved["recipe"] != args.recipe:
+            raise InputError(f"--resume: the saved run in {out_dir} was trained with the {saved['recipe']} recipe, not "
+                             f"{args.recipe}; finish it with the version and flags that started it, or start over "
+                             f"with --overwrite")
         changed = [f"--{k} {saved.get(k)} -> {getattr(args, k)}" for k in RESUME_MUST_MATCH
                    if saved.get(k) != getattr(args, k)]
         if changed:

@@ -10,7 +10,8 @@ from data import DATASETS, DEFAULT_IMAGE_SIZE, DEFAULT_NOISE_TYPE, MIN_IMAGE_SIZ
 from data.fixes import apply_label_fixes, run_dir_suffix
 from models import ARCHS
 from utils import InputError, RunError
-from utils.tipping import DEFAULT_RULE, FIT_SHARE, PATIENCE, TIPPING_RULES
+from utils.recipes import RECIPES, RecipeError, resolve, run_dir_suffix as recipe_suffix
+from utils.tipping import FIT_SHARE, PATIENCE, TIPPING_RULES
 
 DEFAULT_ARCH = {"cifar10": "preresnet18", "cifar100": "preresnet18", "synthetic": "small_cnn",
                 "folder": "preresnet18", "npz": "preresnet18"}
@@ -70,19 +71,28 @@ def get_args_parser(description):
         g.add_argument(f"--alpha{i}", type=float, default=a,
                        help=f"weight of the student's opinion in the teacher's target for group {i} after the split")
     g.add_argument("--seed", type=int, default=0, help="seeds Python, numpy, torch and the validation split")
-    g.add_argument("--tipping_rule", default=DEFAULT_RULE, choices=sorted(TIPPING_RULES),
-                   help=f"when to split. plateau = once, for {PATIENCE} epochs, neither the student's confidence has "
-                        f"risen beyond its own noise nor the training fit of the labels beyond {FIT_SHARE * 100:g} %% of its "
-                        "rise (docs/tipping.md); reference = the "
-                        "reference's rule, the first epoch above its two neighbours on each side (for numbers to "
-                        "compare with the paper; it fires on wiggles of a rising curve); none = never split (one-hot "
-                        "training throughout, nothing flagged)")
-    g.add_argument("--guard", action=argparse.BooleanOptionalAction, default=True,
-                   help="with the plateau rule and a validation split: when the noisy validation accuracy falls "
-                        "clearly in the first epochs after the split (the soft targets make the networks worse), go "
-                        "back to the networks of the split and to the given labels, one-hot, for the rest of the "
-                        "schedule (docs/learning.md); --no-guard keeps the soft targets whatever happens. Never with "
-                        "--tipping_rule reference, the paper's method. A clear fall warns under every rule")
+    g.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="the bundle of training choices (docs/recipes.md). reference = the paper's procedure exactly "
+                        "(the reference's tipping rule, soft targets to the end, the pair evaluated); robust = ours "
+                        "(the plateau rule, the guard after the split, the teacher alone evaluated); ce = plain "
+                        "cross-entropy, one network in the same pipeline, nothing flagged (the baseline). Default: "
+                        "reference for cifar10 and cifar100 (the paper's measurements), robust for synthetic, folder "
+                        "and npz (our studies'). A recipe other than the dataset's default runs in "
+                        "<dataset>_<noise_type>_seed_<seed>_<recipe>")
+    g.add_argument("--tipping_rule", default=None, choices=sorted(TIPPING_RULES),
+                   help=f"when to split; given explicitly, it wins over the recipe's. plateau (robust) = once, for "
+                        f"{PATIENCE} epochs, neither the student's confidence has risen beyond its own noise nor the "
+                        f"training fit of the labels beyond {FIT_SHARE * 100:g} %% of its rise (docs/tipping.md); "
+                        "reference (reference) = the reference's rule, the first epoch above its two neighbours on each "
+                        "side (it fires on wiggles of a rising curve); none = never split (one-hot training "
+                        "throughout, nothing flagged)")
+    g.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the split, under the plateau rule and with a validation split: when the noisy "
+                        "validation accuracy falls clearly in the first epochs after the split (the soft targets make "
+                        "the networks worse), go back to the networks of the split and to the given labels, one-hot, "
+                        "for the rest of the schedule (docs/learning.md); --no-guard keeps the soft targets whatever "
+                        "happens. Default: on in the robust recipe, off in the reference one (the paper's method, "
+                        "where a fall only warns)")
     g.add_argument("--judge", default="split", choices=("split", "final"),
                    help="what ranks and flags label_issues.csv: split = the passes held at the split (the default: "
                         "the final networks' judgement failed its pre-registered confirmation, flagging worse on "
@@ -144,6 +154,12 @@ def check_args(parser, args):
         parser.error(f"argument --noise_type: invalid choice for --dataset {args.dataset}: "
                      f"'{args.noise_type}' (choose from {', '.join(valid)})")
     args.arch = args.arch or DEFAULT_ARCH[args.dataset]
+    try:
+        resolve(args)
+    except RecipeError as e:
+        parser.error(f"argument --recipe {args.recipe}: {e}")
+    if args.recipe == "ce" and getattr(args, "record_passes", False):
+        parser.error("argument --record_passes: it records BKD's full-set passes; a --recipe ce run makes none")
     if args.resume and args.overwrite:
         parser.error("arguments --resume and --overwrite: choose one")
     check_data_args(parser, args)
@@ -189,8 +205,9 @@ def check_data_args(parser, args):
 
 
 def run_dir(args):
-    """results/<dataset>_<noise_type>_seed_<seed>, and _fixes_<8 hex digits of its sha256> with --label_fixes."""
-    name = f"{args.dataset}_{args.noise_type}_seed_{args.seed}"
+    """results/<dataset>_<noise_type>_seed_<seed>, then _<recipe> for a recipe other than the dataset's default, and
+    _fixes_<8 hex digits of its sha256> with --label_fixes."""
+    name = f"{args.dataset}_{args.noise_type}_seed_{args.seed}" + recipe_suffix(args.dataset, args.recipe)
     return os.path.join(args.results_dir, name + (run_dir_suffix(args.label_fixes) if args.label_fixes else ""))
 
 

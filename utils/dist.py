@@ -54,6 +54,6 @@ def sync_buffers(*models):
     """Copy rank 0's BatchNorm running statistics to every rank, so evaluation is the same everywhere
     (with per-rank BatchNorm each rank's last training batch moved its own statistics)."""
     if world_size() > 1:
-        for model in models:
+        for model in (m for m in models if m is not None):  # a ce run has no student
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)

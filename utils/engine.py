@@ -66,15 +66,24 @@ def autocast(device, precision):
 
 
 def make_optimizer(networks, args, device):
-    """One SGD over the parameters of both networks, fused on CUDA (one kernel for all), foreach on CPU."""
-    params = [p for net in networks for p in net.parameters()]
+    """One SGD over the parameters of both networks (the one of a ce run: None is left out), fused on CUDA (one
+    kernel for all), foreach on CPU."""
+    params = [p for net in networks if net is not None for p in net.parameters()]
     kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, **kernel)
 
 
+def agreement_or_own(t, s):
+    """The agreement of teacher and student (utils.bkd.agreement); without a student, the network's own softmax."""
+    return torch.softmax(t, dim=1) if s is None else agreement(t, s)
+
+
 def forward_pair(teacher, student, x, student_stream=None):
     """Logits of both networks. With a CUDA student_stream the student runs there, concurrently with the teacher
-    (the two are independent until the loss); autograd then runs its backward on that stream too."""
+    (the two are independent until the loss); autograd then runs its backward on that stream too. No student (the ce
+    recipe): its logits are None."""
+    if student is None:
+        return teacher(x), None
     if student_stream is None:
         return teacher(x), student(x)
     main = torch.cuda.current_stream(x.device)
@@ -94,20 +103,27 @@ def train_step(teacher, student, optimizer, x, y, alphas, precision, student_str
     step can also be captured as a CUDA graph (utils.step.TrainStep). keep_grad_tensors=True zeroes the gradients
     in place, as a captured step needs (the graph writes into the same tensors every time); otherwise they are set
     to None, so backward hands over each fresh gradient instead of adding it to zeros (one kernel less per
-    parameter, the same numbers)."""
+    parameter, the same numbers).
+    Without a student (the ce recipe): plain cross-entropy on the given labels, a compensation loss of 0, and the
+    network's own probabilities in place of the agreement and of the student's confidence."""
     with autocast(x.device, precision):
         t, s = forward_pair(teacher, student, x, student_stream)
-    t, s = t.float(), s.float()
-    p_s = torch.softmax(s, dim=1)
-    loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label's class
-    loss_ce = soft_cross_entropy(t, robust_targets(y, p_s, alphas))  # the teacher learns the (softened) label
+    if s is None:  # the ce recipe: the network learns the given label, nothing else
+        t, p_s = t.float(), None
+        loss_c = torch.zeros((), device=x.device)
+        loss_ce = torch.nn.functional.cross_entropy(t, y)
+    else:
+        t, s = t.float(), s.float()
+        p_s = torch.softmax(s, dim=1)
+        loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label's class
+        loss_ce = soft_cross_entropy(t, robust_targets(y, p_s, alphas))  # the teacher learns the (softened) label
     loss = loss_ce + loss_c
     optimizer.zero_grad(set_to_none=not keep_grad_tensors)
     loss.backward()
     optimizer.step()
     with torch.no_grad():  # the per-sample statistics of the method, from this step's (pre-update) logits
-        agree_on_label = agreement(t, s).gather(1, y[:, None]).squeeze(1)
-        confidence = p_s.detach().amax(dim=1).sum()
+        agree_on_label = agreement_or_own(t, s).gather(1, y[:, None]).squeeze(1)
+        confidence = (torch.softmax(t, dim=1) if p_s is None else p_s).detach().amax(dim=1).sum()
     return loss.detach(), loss_ce.detach(), loss_c.detach(), agree_on_label, confidence
 
 
@@ -118,9 +134,11 @@ def agreement_pass(teacher, student, batches, precision="fp32", keep_probs=False
     label, the label the agreement predicts (its argmax), the agreement of that prediction), as device tensors;
     with keep_probs, also the agreement of every class (N, C); with keep_teacher, also the class the teacher alone
     predicts (N,); with keep_logits, also the teacher's and the student's logits, (N, C) each. Under torchrun each
-    rank fills its share and the sum over ranks completes the arrays on every rank."""
+    rank fills its share and the sum over ranks completes the arrays on every rank. Without a student (the ce recipe)
+    the network's own probabilities stand for the agreement."""
     teacher.eval()
-    student.eval()
+    if student is not None:
+        student.eval()
     device = batches.indices.device
     n = len(batches.indices)
     agree_on_label = torch.zeros(n, device=device)
@@ -130,9 +148,9 @@ def agreement_pass(teacher, student, batches, precision="fp32", keep_probs=False
     teacher_predicted = torch.zeros(n, dtype=torch.long, device=device) if keep_teacher else None
     for x, y, pos in batches:
         with autocast(device, precision):
-            t, s = teacher(x), student(x)
-        t, s = t.float(), s.float()
-        p = agreement(t, s)
+            t, s = teacher(x), None if student is None else student(x)
+        t, s = t.float(), None if s is None else s.float()
+        p = agreement_or_own(t, s)
         agree_on_label[pos] = p.gather(1, y[:, None]).squeeze(1)
         agree_of_predicted[pos], predicted[pos] = p.max(dim=1)
         if keep_probs:
@@ -158,11 +176,20 @@ def prediction_reading(teacher, student, batches, precision="fp32"):
     return hit * 100, top / len(predicted)  # the share exact: 6 of 10 is 0.6, not float32's 0.60000002
 
 
+def accuracies(teacher, student, batches, precision="fp32"):
+    """{what: percent of samples whose prediction equals their label} from one pass (one host sync): "pair", the
+    agreement of teacher and student (what the reference evaluates), and "teacher", the teacher's own argmax; a ce
+    run (no student) has one, "network"."""
+    out = agreement_pass(teacher, student, batches, precision, keep_teacher=student is not None)
+    predicted = {"network": out[1]} if student is None else {"pair": out[1], "teacher": out[3]}
+    labels = batches.labels[batches.indices]
+    hits = torch.stack([(p == labels).float().mean() for p in predicted.values()]).tolist()
+    return {what: hit * 100 for what, hit in zip(predicted, hits)}
+
+
 def accuracy(teacher, student, batches, precision="fp32", predict="pair"):
-    """Percent of samples whose prediction equals their label (one host sync). predict: "pair", the agreement of
-    teacher and student (what the reference evaluates); "teacher", the teacher's own argmax."""
-    if predict not in ("pair", "teacher"):
-        raise ValueError(f"predict must be 'pair' or 'teacher', not {predict!r}")
-    out = agreement_pass(teacher, student, batches, precision, keep_teacher=predict == "teacher")
-    predicted = out[3] if predict == "teacher" else out[1]
-    return (predicted == batches.labels[batches.indices]).float().mean().item() * 100
+    """Percent of samples whose prediction equals their label: predict "pair" or "teacher" (accuracies), or
+    "network" for a ce run's one network (student None)."""
+    if predict not in (("network",) if student is None else ("pair", "teacher")):
+        raise ValueError(f"predict must be {'network' if student is None else 'pair or teacher'}, not {predict!r}")
+    return accuracies(teacher, student, batches, precision)[predict]

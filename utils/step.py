@@ -117,7 +117,7 @@ class TrainStep:
     def graph_tensors(self):
         """Addresses of every tensor a captured step reads or updates: the networks' parameters and buffers, and per
         optimised parameter the parameter, its gradient and its momentum buffer (0 where there is none)."""
-        addresses = [t.data_ptr() for net in self.nets for t in (*net.parameters(), *net.buffers())]
+        addresses = [t.data_ptr() for net in self.nets if net is not None for t in (*net.parameters(), *net.buffers())]
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 momentum = self.optimizer.state.get(p, {}).get("momentum_buffer")

@@ -1,6 +1,7 @@
 """Seed summaries: mean and 95 % confidence interval of test accuracy and of the detection numbers (precision, recall,
 F1, AUROC, average precision of detection.npy, and the F1 of label_issues.csv's flagged column) over the seeds of each
-(dataset, noise type), read from the runs' metrics.json.
+(dataset, noise type, recipe), read from the runs' metrics.json. The test accuracy is that of what the recipe
+evaluates (learning.py's default): the pair (reference), the teacher alone (robust), the one network (ce).
 No torch here, so summarize.py is instant."""
 import csv
 import glob
@@ -13,11 +14,14 @@ import numpy as np
 from scipy import stats
 
 from utils import atomic_write
+from utils.recipes import label as recipe_label
 
 DETECTION_KEYS = ("precision", "recall", "f1", "auroc", "average_precision")
 DETECTION_HEADERS = ("precision", "recall", "F1", "AUROC", "average precision")
-CSV_COLUMNS = ["dataset", "noise_type", "n_seeds", "seeds", "test_accuracy_mean", "test_accuracy_ci95",
-               "n_detection"] + [f"{k}_{s}" for k in DETECTION_KEYS + ("flagged_f1",) for s in ("mean", "ci95")]
+CSV_COLUMNS = (["dataset", "noise_type", "recipe", "evaluated", "n_seeds", "seeds", "test_accuracy_mean",
+                "test_accuracy_ci95", "n_detection"] + [f"{k}_{s}" for k in DETECTION_KEYS + ("flagged_f1",)
+                                                        for s in ("mean", "ci95")] + ["wall_time_s_mean"])
+EVALUATED = {"pair": "pair", "teacher": "teacher alone", "network": "one network"}
 
 
 class SummaryError(ValueError):
@@ -46,10 +50,13 @@ def _read_run(path):
         args, finished = m["args"], bool(m["finished"])
         fixes = m.get("label_fixes")  # runs trained with --label_fixes form their own row
         noise_type = str(args["noise_type"]) + ("" if not fixes else f" + fixes {str(fixes['sha256'])[:8]}")
-        run = dict(dataset=str(args["dataset"]), noise_type=noise_type, seed=int(args["seed"]),
-                   finished=finished, detection=m.get("detection"))
+        # runs of versions before recipes were evaluated as the pair (learning.py's default then)
+        evaluated = str(m.get("evaluated") or "pair")
+        run = dict(dataset=str(args["dataset"]), noise_type=noise_type, recipe=recipe_label(m), evaluated=evaluated,
+                   seed=int(args["seed"]), finished=finished, detection=m.get("detection"),
+                   wall_time_s=None if m.get("wall_time_s") is None else float(m["wall_time_s"]))
         # None: an unfinished run, or a data set without a test set (then the key may be missing too)
-        accuracy = m.get("final_test_accuracy")
+        accuracy = m.get("final_test_accuracy_teacher" if evaluated == "teacher" else "final_test_accuracy")
         run["test_accuracy"] = None if accuracy is None else float(accuracy)
         if run["detection"] is not None:
             # Only the numbers this run has: none without ground truth, no AUROC / AP from older versions;
@@ -75,10 +82,11 @@ def collect(results_dir, notes=None):
             if notes is not None:
                 notes.append(f"skipped {os.path.dirname(path)}: the run has not finished")
             continue
-        groups.setdefault((run["dataset"], run["noise_type"]), []).append(run)
+        groups.setdefault((run["dataset"], run["noise_type"], run["recipe"], run["evaluated"]), []).append(run)
     rows = []
-    for (dataset, noise_type), runs in sorted(groups.items()):
-        row = dict(dataset=dataset, noise_type=noise_type, n_seeds=len(runs), seeds=sorted(r["seed"] for r in runs))
+    for (dataset, noise_type, recipe, evaluated), runs in sorted(groups.items()):
+        row = dict(dataset=dataset, noise_type=noise_type, recipe=recipe, evaluated=evaluated, n_seeds=len(runs),
+                   seeds=sorted(r["seed"] for r in runs))
         row["test_accuracy_mean"], row["test_accuracy_ci95"] = mean_ci95(
             [r["test_accuracy"] for r in runs if r["test_accuracy"] is not None])
         # Runs without a tipping epoch have no detection; each number is averaged over the runs that have it.
@@ -86,6 +94,7 @@ def collect(results_dir, notes=None):
         row["n_detection"] = len(detected)
         for k in DETECTION_KEYS + ("flagged_f1",):
             row[f"{k}_mean"], row[f"{k}_ci95"] = mean_ci95([d[k] for d in detected if k in d])
+        row["wall_time_s_mean"] = mean_ci95([r["wall_time_s"] for r in runs if r["wall_time_s"] is not None])[0]
         rows.append(row)
     return rows
 
@@ -106,16 +115,20 @@ def _pm(mean, half, decimals):
 
 
 def to_markdown(rows):
-    header = ["dataset", "noise type", "seeds", "test accuracy (%)", "runs with detection", *DETECTION_HEADERS,
-              "F1 of the flagged column"]
+    header = ["dataset", "noise type", "recipe", "seeds", "test accuracy (%)", "of", "runs with detection",
+              *DETECTION_HEADERS, "F1 of the flagged column", "training time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
-        cells = [r["dataset"], r["noise_type"], ", ".join(map(str, r["seeds"])),
-                 _pm(r["test_accuracy_mean"], r["test_accuracy_ci95"], 2), str(r["n_detection"])]
+        cells = [r["dataset"], r["noise_type"], r["recipe"], ", ".join(map(str, r["seeds"])),
+                 _pm(r["test_accuracy_mean"], r["test_accuracy_ci95"], 2), EVALUATED.get(r["evaluated"], r["evaluated"]),
+                 str(r["n_detection"])]
         cells += [_pm(r[f"{k}_mean"], r[f"{k}_ci95"], 4) for k in DETECTION_KEYS + ("flagged_f1",)]
+        cells.append(_pm(r["wall_time_s_mean"], math.nan, 0))
         lines.append("| " + " | ".join(cells) + " |")
     caption = ("Mean ± half-width of the 95 % confidence interval over seeds (Student's t); no ± with one seed. "
-               "Precision to F1 score detection.npy; the last column the flagged column of label_issues.csv.")
+               "Test accuracy of what the recipe evaluates (learning.py's default, the column 'of'); precision to F1 "
+               "score detection.npy; the F1 of the flagged column label_issues.csv's; a ce run flags nothing. "
+               "Training time: the mean wall time of training.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 

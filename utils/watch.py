@@ -11,6 +11,8 @@ least NOISE_FLOOR points): `z = (after - before) / (noise * sqrt(1 / BASELINE + 
   labels (one-hot targets) for the rest of the schedule, and says so. Such a run is the no-split run from the split
   on (a few epochs later); its detection at the split stands, and the final networks judge no labels
   (utils.findings keeps the split's ranking and flags).
+- Where the guard is off (the reference recipe, --no-guard, another rule), a WARNING at the epoch where it would have
+  gone back, naming what would have turned it on: the run itself goes on with the soft targets.
 - A collapse, under every rule: when in COLLAPSE_EPOCHS epochs in a row after the split the pair puts more of the
   validation images in one class than halfway from the given labels' largest class share to all of them, a WARNING
   naming learning.py --checkpoint best and --tipping_rule none. A run split before its networks learnt can end
@@ -47,6 +49,7 @@ def fall(val, split_epoch):
 
 FELL = "the noisy-validation accuracy fell after the split"  # how the warning begins
 COLLAPSED = "the networks collapsed onto one class after the split"  # how the collapse's warning begins
+GUARD_OFF = "the guard would have gone back to the networks of the split"  # how the note of a guard that is off begins
 
 
 def collapse_level(label_share):
@@ -107,10 +110,11 @@ def distrust(metrics):
 
 class Watch:
     """The noisy-validation curve of a run and what it says after the split. `guard`: whether the run may go back to
-    the labels (the default rule, with a validation split)."""
+    the labels (the plateau rule, with a validation split); `guard_hint`: where it is off, why and what would turn it
+    on (None: no note of where it would have acted)."""
 
-    def __init__(self, guard, val_labels=None):
-        self.guard = guard
+    def __init__(self, guard, val_labels=None, guard_hint=None):
+        self.guard, self.guard_hint = guard, guard_hint
         # the largest share of one class in the validation split's given labels (None: no collapse is watched)
         self.label_share = None if val_labels is None or not len(val_labels) else largest_share(val_labels)
         self.snapshot = None  # the networks and the optimizer at the split, while the guard may still act
@@ -142,6 +146,20 @@ class Watch:
         if epoch - split >= GUARD_EPOCHS and not back:
             self.snapshot = None  # the guard has decided to stay: no more to keep (go_back drops it otherwise)
         return warning, back
+
+    def unguarded(self, metrics, epoch):
+        """Where the guard is off: the note, once, at the first epoch at which it would have gone back (the reading
+        check() kept in metrics['watch'] for this epoch), or None."""
+        reading, split = metrics.get("watch"), metrics["tipping_found_epoch"]
+        if (self.guard or self.guard_hint is None or reading is None or reading["epoch"] != epoch
+                or any(w.startswith(GUARD_OFF) for w in metrics["warnings"])):
+            return None
+        if not (reading["z"] < -GUARD_Z and epoch - split <= GUARD_EPOCHS):
+            return None
+        return (f"{GUARD_OFF} and to the given labels at epoch {epoch}: the noisy-validation accuracy after the "
+                f"split (epoch {split}), {reading['after']:.2f} % on average, fell below the {reading['before']:.2f} % "
+                f"up to it by {-reading['z']:.1f} times its noise (the guard goes back beyond {GUARD_Z:g} within "
+                f"{GUARD_EPOCHS} epochs); {self.guard_hint}")
 
     @staticmethod
     def record(metrics, accuracy, top_share):
