@@ -24,7 +24,7 @@ from utils.bkd import DegenerateSplit, assign_groups, otsu_split
 from utils.checkpoint import (STATE_FILE, prepare_run_dir, restore_rng_states, rng_states, save_checkpoint,
                               save_json, save_npz, save_state, saved_metrics)
 from utils.cli import get_args_parser, load_data, run_dir, run_main
-from utils.dist import all_reduce, destroy, init_distributed, same_on_all_ranks, sync_buffers
+from utils.dist import all_reduce, init_distributed, same_on_all_ranks, sync_buffers
 from utils import recipes
 from utils.engine import (accuracies, agreement_pass, get_device, make_optimizer, prediction_reading, resolve_precision,
                           seed_everything, synchronize)
@@ -71,7 +71,6 @@ def main(args):
         if MAIN_PROCESS and os.path.exists(f"{out_dir}/{STATE_FILE}"):
             os.remove(f"{out_dir}/{STATE_FILE}")
         log(f"{out_dir} holds a finished run: nothing to resume")
-        destroy()
         return
     data = load_data(args)  # before the run directory is touched: bad data or fixes leave it as it is
     # Images dropped by --label_fixes neither train nor validate; every index stays the data set's own.
@@ -199,6 +198,7 @@ def main(args):
         log(f"resuming from {out_dir}/{STATE_FILE}: epoch {start_epoch}"
             + (f", iteration {resume_epoch['next_iter']}" if resume_epoch else ""))
     best_val = metrics["best_val_accuracy"] if metrics["best_val_accuracy"] is not None else -1.0
+    wall_before = metrics.get("wall_time_s") or 0.0  # the parts of a resumed run before this one
 
     def training_state(epoch_done, epoch_in_progress=None):
         return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=teacher.state_dict(),
@@ -290,7 +290,8 @@ def main(args):
             if history is not None:  # rank 0: the detection (utils.findings)
                 metrics.update(detect(findings, history, tipping, data, args, metrics))
             history = None  # freed: the state shrinks
-            watch.keep(teacher, student, optimizer)
+            if metrics["train_split"] is not None:  # soft targets from now on: what the guard would go back to
+                watch.keep(teacher, student, optimizer)
 
         # ------------------------------------------------------------ evaluation, and the watch after the split
         last = epoch == args.n_epoch - 1
@@ -312,6 +313,7 @@ def main(args):
             record_test(metrics, epoch, accuracies(eval_teacher, eval_student, test_batches, precision))
         if watching and watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
             groups.zero_()  # back on the given labels, one-hot, for the rest of the schedule
+        metrics["wall_time_s"] = wall_before + time.time() - t0  # kept in the state: a resumed run adds its part
         if MAIN_PROCESS:
             save_state(f"{out_dir}/{STATE_FILE}", training_state(epoch))  # a crash from here on loses nothing
             save_json(f"{out_dir}/metrics.json", metrics)
@@ -324,7 +326,7 @@ def main(args):
     last_test = metrics["test"][-1] if metrics["test"] else {}  # none: no test set
     metrics["final_test_accuracy"], metrics["final_test_accuracy_teacher"] = (last_test.get("accuracy"),
                                                                               last_test.get("teacher_accuracy"))
-    metrics["wall_time_s"] = metrics.get("wall_time_s", 0.0) + time.time() - t0  # summed over resumed parts
+    metrics["wall_time_s"] = wall_before + time.time() - t0  # summed over the parts of a resumed run
     metrics["finished"] = True
     if MAIN_PROCESS:
         save_networks(out_dir, "", teacher, student, args.n_epoch - 1, args.arch)
@@ -356,7 +358,6 @@ def main(args):
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
     log(f"done in {time.time() - t0:.0f} s; outputs in {out_dir}")
-    destroy()
 
 
 def each(fn, *models):
@@ -493,8 +494,8 @@ def watch_after_split(watch, metrics, epoch, teacher, student, optimizer):
     the noisy-validation accuracy fell clearly, and, with the guard, going back to the networks of the split and the
     given labels when the soft targets make them worse (without it, a warning where it would have); throughout, a
     warning when the networks collapse onto one class. True when it went back."""
-    if metrics["tipping_epoch"] is None or epoch <= metrics["tipping_found_epoch"]:
-        return False
+    if metrics["train_split"] is None or epoch <= metrics["tipping_found_epoch"]:  # no split, or none possible:
+        return False  # training stayed one-hot, nothing to watch
     warning, back = (None, False) if metrics["went_back"] else watch.check(metrics, epoch)
     for warning in (warning, watch.unguarded(metrics, epoch), watch.collapsed(metrics, epoch)):
         if warning is not None:

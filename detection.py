@@ -19,7 +19,8 @@ from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json, saved_metrics
 from utils.findings import FINAL_CUT, SPLIT_CUT
 from utils.cli import get_args_parser, load_data, run_dir, run_main
-from utils.label_issues import in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues
+from utils.label_issues import (in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues,
+                                require_detection)
 from utils.metrics import detection_report
 from utils.review import write_review_page
 
@@ -51,6 +52,7 @@ def main(args):
         print(f"nothing to score: a --recipe ce run (plain cross-entropy, one network) flags no labels ({out_dir}); "
               f"BKD's recipes, reference and robust, write detection.npy")
         return
+    require_detection(out_dir)  # before the data, which may be a download: without a run there is nothing to score
     data = load_data(args)
     n = len(data.noisy_labels)
     flagged = load_detection(os.path.join(out_dir, "detection.npy"), n)

@@ -11,7 +11,7 @@ import torch
 
 from data.pipeline import DeviceBatches, to_device_images
 from utils import InputError
-from utils.checkpoint import load_network
+from utils.checkpoint import load_network, require_checkpoint
 from utils.cli import get_args_parser, load_data, run_dir, run_main
 from utils.engine import accuracy, get_device, resolve_precision
 from utils.recipes import RECIPES
@@ -27,6 +27,8 @@ def main(args):
     prefix = "best_" if args.checkpoint == "best" else ""
     predict, why = predict_of(args)
     roles = ("network",) if args.recipe == "ce" else ("teacher", "student")
+    for role in roles:  # before the data, which may be a download: without a run there is nothing to fetch it for
+        require_checkpoint(f"{out_dir}/{prefix}{role}.pth.tar")
     data = load_data(args)
     if data.test_images is None:  # only your own data sets can lack one
         hint = "a test/ folder beside train/" if args.dataset == "folder" else "test_images and test_labels to the file"

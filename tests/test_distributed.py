@@ -61,6 +61,20 @@ def test_torchrun_with_one_process_is_plain_python(fake_cifar, tmp_path):
     assert outputs(a) == outputs(b)
 
 
+def test_an_empty_share_of_the_last_batch_trains_in_lock_step(fake_cifar, tmp_path):
+    """90 training images in batches of 89: the last batch has one image, so with 2 ranks one rank's share is empty.
+    Every rank steps on it (the empty share's loss is 0, not the nan of a mean over nothing), and the run finishes
+    with finite losses; under --recipe ce as well."""
+    flags = [str(f) for f in small_cifar_flags(fake_cifar, tmp_path, n_epoch=3)] + ["--batch_size", "89"]
+    without_rule = flags[:flags.index("--tipping_rule")] + flags[flags.index("--tipping_rule") + 2:]
+    for flags, name in ((flags, "cifar10_worst_seed_0"), ([*without_rule, "--recipe", "ce"], "cifar10_worst_seed_0_ce")):
+        result = run("blind_knowledge_dist_training.py", *flags, "--results_dir", tmp_path / "r", launcher=torchrun(2))
+        assert result.returncode == 0, failure_text(result)
+        assert "90 training" in result.stdout and "Iter [2/2]" in result.stdout
+        m = json.loads((tmp_path / "r" / name / "metrics.json").read_text())
+        assert m["finished"] and all(np.isfinite(m["confidence"])) and all(np.isfinite(m["train_fit"]))
+
+
 def test_sync_bn_needs_several_cuda_processes():
     result = run("blind_knowledge_dist_training.py", "--dataset", "synthetic", "--sync_bn")
     assert result.returncode == 2 and "--sync_bn needs torchrun" in result.stderr

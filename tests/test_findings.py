@@ -89,6 +89,11 @@ def test_the_split_findings_survive_the_state(tmp_path):
     assert restored.split.keys() == findings.split.keys()
     assert all(np.array_equal(restored.split[k], v) for k, v in findings.split.items())
     assert Findings(data(), str(tmp_path), "g4").state() is None  # before the split: nothing to carry
+    # the other ranks of a torchrun run hold no findings in an uninterrupted run (the pass history is rank 0's), so
+    # after a resume they hold none either: they neither judge nor write passes/final.npz
+    other_rank = Findings(data(), str(tmp_path), "g4", main_process=False)
+    other_rank.load(findings.state())
+    assert other_rank.split is None
 
 
 def test_detection_npy_flagged_comes_at_the_end(tmp_path):

@@ -304,7 +304,12 @@ def test_bad_data_flags(argv, message, capsys):
 def test_scripts_report_bad_data_in_one_line(tmp_path):
     assert_one_line_error(run("detection.py", "--dataset", "folder"), "--data_dir DIR")
     root, message = bad_folder(tmp_path, "truncated png")
-    assert_one_line_error(run("learning.py", "--dataset", "folder", "--data_dir", root), message)
+    run_dir = tmp_path / "results" / "folder_given_seed_0"  # a run, so that learning.py goes on to read the data
+    run_dir.mkdir(parents=True)
+    for role in ("teacher", "student"):
+        (run_dir / f"{role}.pth.tar").touch()
+    assert_one_line_error(run("learning.py", "--dataset", "folder", "--data_dir", root, "--results_dir",
+                              tmp_path / "results"), message)
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -381,5 +386,9 @@ def test_detection_on_npz_is_scored_against_its_clean_labels(tmp_path):
     detection = run("detection.py", *flags)
     assert detection.returncode == 0, detection.stderr
     assert "precision is 0.5\nrecall is 1.0\n" in detection.stdout
+    learning = run("learning.py", *flags)  # the run is looked for first: without its checkpoints, one line
+    assert learning.returncode == 2 and "no checkpoint at" in learning.stderr and "train first" in learning.stderr
+    for name in ("teacher.pth.tar", "student.pth.tar"):
+        (out / name).touch()
     learning = run("learning.py", *flags)
     assert learning.returncode == 0 and "has no test set" in learning.stdout

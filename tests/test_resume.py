@@ -115,6 +115,26 @@ def test_sigint_saves_state_and_resume_finishes_identically(reference, tmp_path)
     assert outputs(results / RUN_DIR) == reference["outputs"]
 
 
+def test_a_resumed_run_counts_the_time_of_every_part(reference, tmp_path):
+    """wall_time_s in metrics.json is kept with the state at every epoch, so a run stopped and resumed adds the
+    resumed part's time to the time of the part before (it used to count only the last part)."""
+    results = tmp_path / "stopped"
+    process = start(reference["flags"], results)
+    t0 = time.time()
+    while epochs_done(results / RUN_DIR) < 8:
+        assert process.poll() is None and time.time() - t0 < 300, "the run ended before epoch 8"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    process.communicate()
+    assert process.returncode == 128 + signal.SIGINT
+    before = json.loads((results / RUN_DIR / "metrics.json").read_text())["wall_time_s"]
+    assert before > 0
+    resumed = train(reference["flags"], results, "--resume")
+    part = float(resumed.stdout.split("done in ")[1].split(" s")[0])  # the resumed part's own time, whole seconds
+    total = json.loads((results / RUN_DIR / "metrics.json").read_text())["wall_time_s"]
+    assert before + part - 1 <= total <= before + part + 1, (before, part, total)
+
+
 def test_finished_run_is_not_overwritten_silently_and_the_same_seed_trains_identically(reference, tmp_path):
     results = tmp_path / "r"
     shutil.copytree(reference["dir"], results / RUN_DIR)  # a finished run
@@ -179,7 +199,8 @@ def test_tampered_checkpoint_is_refused(tmp_path):
     class RunsCode:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
-    torch.save({"state_dict": RunsCode(), "epoch": 0}, run_dir / "teacher.pth.tar")
+    for role in ("teacher", "student"):
+        torch.save({"state_dict": RunsCode(), "epoch": 0}, run_dir / f"{role}.pth.tar")
     result = run("learning.py", "--dataset", "synthetic", "--results_dir", tmp_path)
     assert result.returncode == 2 and "cannot load" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
@@ -212,6 +233,12 @@ def bad_inputs(tmp_path, fake_cifar):
     run_dir.mkdir(parents=True)
     (run_dir / "detection.npy").write_bytes(b"\x93NUMPY garbage")
     (run_dir / "teacher.pth.tar").write_bytes(b"garbage")
+    (run_dir / "student.pth.tar").write_bytes(b"garbage")
+    cifar_run = results / "cifar10_worst_seed_0"  # a run, so that the scripts that evaluate one go on to the data
+    cifar_run.mkdir()
+    np.save(cifar_run / "detection.npy", np.zeros(100, dtype=bool))
+    for role in ("teacher", "student"):
+        (cifar_run / f"{role}.pth.tar").write_bytes(b"never read: the data fails first")
     other = results / "synthetic_aggre_seed_0"
     other.mkdir()
     np.save(other / "detection.npy", np.zeros((4000, 2), dtype=bool))
@@ -236,10 +263,16 @@ def bad_inputs(tmp_path, fake_cifar):
         ("no such device", train_script, ["--device", "tpu"], 2, "--device tpu"),
         ("missing CIFAR-N file", train_script, [*cifar, "--noise_path", tmp_path / "absent.pt"], 2, "no such file"),
         ("labels of the wrong length", train_script, [*cifar, "--noise_path", tmp_path / "short.pt"], 2, "100 integer"),
-        ("labels of the wrong dtype", "detection.py", [*cifar, "--noise_path", tmp_path / "floats.pt"], 2, "integer"),
+        ("labels of the wrong dtype", "detection.py", [*cifar, "--noise_path", tmp_path / "floats.pt", "--results_dir",
+                                                       results], 2, "integer"),
         ("corrupt label file", train_script, [*cifar, "--noise_path", tmp_path / "corrupt.pt"], 2, "not a readable"),
-        ("missing CIFAR, offline", "learning.py", ["--data_dir", empty, "--noise_path", tmp_path / "short.pt"], 2,
-         "cifar-10-python.tar.gz"),
+        ("missing CIFAR, offline", "learning.py", ["--data_dir", empty, "--noise_path", tmp_path / "short.pt",
+                                                   "--results_dir", results], 2, "cifar-10-python.tar.gz"),
+        # no run yet: said before any download is tried (the data dir is empty, and offline)
+        ("learning.py before training", "learning.py", ["--data_dir", empty, "--results_dir", empty], 2,
+         "no checkpoint at"),
+        ("detection.py before training", "detection.py", ["--data_dir", empty, "--results_dir", empty], 2,
+         "has not split yet"),
         ("corrupt detection file", "detection.py", ["--dataset", "synthetic", "--results_dir", results], 2,
          "not a readable .npy"),
         ("detection of the wrong shape", "detection.py", ["--dataset", "synthetic", "--noise_type", "aggre",

@@ -221,3 +221,21 @@ def test_a_cuda_device_always_has_its_index(monkeypatch):
     assert get_device("auto") == torch.device("cpu")
     with pytest.raises(InputError, match="CUDA is not available"):
         get_device("cuda")
+
+
+@pytest.mark.parametrize("with_student", [True, False])
+def test_an_empty_batch_steps_with_a_loss_of_zero(with_student):
+    """A rank's empty share of a last batch (torchrun, fewer samples than ranks): a finite loss of 0, every parameter
+    with a zero gradient (so a DDP step stays in lock-step), weight decay and momentum acting as on any step; the
+    mean over no sample would be nan and stop the run as a non-finite loss."""
+    (teacher, student), optimizer = pair()
+    student = student if with_student else None
+    before = [p.detach().clone() for p in teacher.parameters()]
+    x, y, alphas = batch(0)
+    loss, loss_ce, loss_c, agree, confidence = train_step(teacher, student, optimizer, x, y, alphas, "fp32")
+    assert loss.item() == 0 and loss_ce.item() == 0 and loss_c.item() == 0 and confidence.item() == 0
+    assert agree.shape == (0,)
+    for net in (teacher, student) if with_student else (teacher,):
+        assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    for p, b in zip(teacher.parameters(), before):  # no momentum yet: only weight decay moved them
+        torch.testing.assert_close(p.detach(), b * (1 - 0.05 * 5e-4))

@@ -241,7 +241,7 @@ def train_fake_run(fake_cifar, tmp_path, capsys, *extra, recipe="robust"):
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
              tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
              "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--results_dir", tmp_path / "r",
-             "--judge", "final", "--recipe", recipe, *extra]  # the split judges only where the final networks are distrusted
+             "--judge", "final", "--recipe", recipe, *extra]  # the split judges only where the finals are distrusted
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     parser = get_args_parser("test")
     try:
@@ -286,6 +286,30 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     table = read_label_issues(d / "label_issues.csv", 100)
     assert np.array_equal(table["index"], np.argsort(np.load(d / "detection_scores.npy"), kind="stable"))
     assert in_dataset_order(table, "flagged").sum() == m["split_flagged"]["flagged"] == m["flagged"]["flagged"]
+
+
+@pytest.mark.slow
+def test_where_no_training_split_was_possible_nothing_is_watched(fake_cifar, tmp_path, monkeypatch, capsys):
+    """A run whose tipping epoch was found but whose training split had no threshold (the groups stay one-hot, the
+    soft targets never used): however its noisy-validation accuracy falls afterwards, the guard keeps nothing and
+    never goes back, and no warning blames soft targets it did not use."""
+    import blind_knowledge_dist_training as script
+    from utils.bkd import DegenerateSplit
+    real_check = Watch.check
+
+    def falling(self, metrics, epoch):
+        metrics["val_every_epoch"][-1] -= 30
+        return real_check(self, metrics, epoch)
+    monkeypatch.setattr(Watch, "check", falling)
+
+    def no_threshold(values):
+        raise DegenerateSplit("every value in one bin")
+    monkeypatch.setattr(script, "otsu_split", no_threshold)  # the training split's; the detection has its own
+    out, d, m = train_fake_run(fake_cifar, tmp_path, capsys)
+    assert m["tipping_epoch"] is not None and m["train_split"] is None and m["detection_split"] is not None
+    assert m["went_back"] is None and m["watch"] is None
+    assert [w.split(":")[0] for w in m["warnings"]] == ["train split impossible, plain one-hot training continues"]
+    assert "soft targets" not in out and "fell after the split" not in out
 
 
 @pytest.mark.slow

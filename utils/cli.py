@@ -2,7 +2,9 @@
 their checks, and the error handling every entry point uses."""
 import argparse
 import os
+import signal
 import sys
+import traceback
 
 import torch
 
@@ -10,6 +12,7 @@ from data import DATASETS, DEFAULT_IMAGE_SIZE, DEFAULT_NOISE_TYPE, MIN_IMAGE_SIZ
 from data.fixes import apply_label_fixes, run_dir_suffix
 from models import ARCHS
 from utils import InputError, RunError
+from utils.dist import teardown
 from utils.recipes import RECIPES, RecipeError, resolve, run_dir_suffix as recipe_suffix
 from utils.tipping import FIT_SHARE, PATIENCE, TIPPING_RULES
 
@@ -217,14 +220,34 @@ def load_data(args):
     return data if args.label_fixes is None else apply_label_fixes(data, args.label_fixes)
 
 
+class Terminated(BaseException):
+    """SIGTERM before a script installs its own handler (the training loop saves its state on one)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def run_main(main, parser):
-    """Parse, check and run; bad input ends with one line on stderr and exit code 2, never a traceback."""
+    """Parse, check and run; bad input ends with one line on stderr and exit code 2, never a traceback. Every way out
+    (finished, an error, SIGTERM, Ctrl-C, a bug) goes through utils.dist.teardown once main's frames are gone, so
+    under torchrun each rank exits with the run's own code."""
     args = check_args(parser, parser.parse_args())
+    signal.signal(signal.SIGTERM, _terminated)
+    code, message = 0, None
     try:
         main(args)
     except InputError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code, message = 2, str(e)
     except RunError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        code, message = e.exit_code, str(e)
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+        code, message = 128 + signum, f"stopped by {signal.Signals(signum).name}"
+    except BaseException:  # a bug: its traceback, then the same way out (exit code 1)
+        traceback.print_exc()
+        code = 1
+    teardown()  # here, not in the handlers above: their tracebacks hold main's frames, and with them the wrappers
+    if message is not None:
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)

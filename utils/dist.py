@@ -1,5 +1,6 @@
 """torchrun support in a few helpers: plain `python script.py` runs as a world of one, and every helper is
 then a no-op."""
+import gc
 import os
 
 import torch
@@ -45,8 +46,14 @@ def same_on_all_ranks(tensor):
     return bool(torch.equal(-low, high))
 
 
-def destroy():
-    if world_size() > 1:
+def teardown():
+    """The end of a process under torchrun, whatever ended it: free what holds the process group, then destroy it.
+    DistributedDataParallel wrappers sit in reference cycles, so they outlive the function that made them until the
+    garbage collector runs; a group destroyed while they hold it keeps gloo's worker threads alive until interpreter
+    shutdown, where a rank with nothing left to do (rank 1, while rank 0 writes its files) can die of std::terminate
+    (SIGABRT) instead of exiting with its code. A no-op without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

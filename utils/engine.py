@@ -105,7 +105,10 @@ def train_step(teacher, student, optimizer, x, y, alphas, precision, student_str
     to None, so backward hands over each fresh gradient instead of adding it to zeros (one kernel less per
     parameter, the same numbers).
     Without a student (the ce recipe): plain cross-entropy on the given labels, a compensation loss of 0, and the
-    network's own probabilities in place of the agreement and of the student's confidence."""
+    network's own probabilities in place of the agreement and of the student's confidence.
+    An empty batch (under torchrun, a rank's share of a last batch smaller than the number of ranks) has a loss of 0
+    and zero gradients, not the nan of a mean over nothing: it contributes nothing, and the rank still steps with the
+    others."""
     with autocast(x.device, precision):
         t, s = forward_pair(teacher, student, x, student_stream)
     if s is None:  # the ce recipe: the network learns the given label, nothing else
@@ -117,6 +120,8 @@ def train_step(teacher, student, optimizer, x, y, alphas, precision, student_str
         p_s = torch.softmax(s, dim=1)
         loss_c = compensation_loss(t, s, y)  # the student learns the teacher's logits, blind to the label's class
         loss_ce = soft_cross_entropy(t, robust_targets(y, p_s, alphas))  # the teacher learns the (softened) label
+    if not len(y):  # the mean over no sample: 0, still on the graph so that every parameter gets its (zero) gradient
+        loss_ce = t.sum() * 0.0
     loss = loss_ce + loss_c
     optimizer.zero_grad(set_to_none=not keep_grad_tensors)
     loss.backward()

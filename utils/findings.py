@@ -94,7 +94,10 @@ class Findings:
                                                 for k, v in self.split.items()}
 
     def load(self, state):
-        self.split = None if state is None else {k: (None if v is None else v.numpy()) for k, v in state.items()}
+        """The split's findings of a saved state, in the process that writes the outputs; the other ranks of a
+        torchrun run hold none, resumed or not (the pass history they come from lives in rank 0)."""
+        self.split = (None if state is None or not self.main_process else
+                      {k: (None if v is None else v.numpy()) for k, v in state.items()})
 
 
 def record_final(out_dir, passes):

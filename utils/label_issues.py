@@ -133,6 +133,13 @@ def _not_split(path):
                       f"--seed, and enough epochs")
 
 
+def require_detection(out_dir):
+    """One clear InputError when the run in out_dir has written no detection.npy (before anything slow)."""
+    path = os.path.join(out_dir, "detection.npy")
+    if not os.path.isfile(path):
+        raise _not_split(path)
+
+
 def _load_npy(path, n, dtype_ok, what):
     """A 1-D .npy file of n entries whose dtype passes dtype_ok; one clear InputError otherwise."""
     if not os.path.isfile(path):
