@@ -7,7 +7,7 @@ shows), side by side with G4's; then the ranking by the detection scores without
 precision, precision at k) and how often the suggested label is the true one. The same numbers go to detection.json
 in the run directory. It also writes review.html, a page to review the flagged and uncertain images and download
 the label fixes to train with (--label_fixes). It suggests no fixes without a review: every policy that acts on the
-findings alone cost accuracy on some label set of tools/fix_policy_study.py (docs/review.md), so an earlier version's
+findings alone cost accuracy on some label set of studies/fix_policy_study.py (studies/fix_policy_study.md), so an earlier version's
 label_fixes_suggested.csv is removed."""
 import os
 
@@ -18,7 +18,8 @@ from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json, saved_metrics
 from utils.findings import FINAL_CUT, SPLIT_CUT
-from utils.cli import get_args_parser, load_data, run_dir, run_main
+from flags import check_args, get_args_parser, load_data, run_dir
+from utils.cli import run_main
 from utils.label_issues import (in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues,
                                 require_detection)
 from utils.metrics import detection_report
@@ -218,4 +219,4 @@ def get_parser():
 
 
 if __name__ == "__main__":
-    run_main(main, get_parser())
+    run_main(main, get_parser(), check_args)

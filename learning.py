@@ -3,7 +3,7 @@
 By default the final networks (teacher.pth.tar / student.pth.tar, what the reference evaluates); with
 --checkpoint best, those that scored highest on noisy-label validation (best_*.pth.tar). What predicts follows the
 recipe (docs/recipes.md): the agreement of teacher and student under the reference recipe, the teacher alone under
-the robust one (the more accurate on most label sets of docs/learning.md), the one network of a ce run (network.pth.tar);
+the robust one (the more accurate on most label sets of studies/learning_study.md), the one network of a ce run (network.pth.tar);
 --predict pair or teacher chooses for a BKD run. A data set without a test set (a folder without test/, an .npz without
 test_images) has nothing to evaluate: it says so and exits 0.
 """
@@ -12,7 +12,8 @@ import torch
 from data.pipeline import DeviceBatches, to_device_images
 from utils import InputError
 from utils.checkpoint import load_network, require_checkpoint
-from utils.cli import get_args_parser, load_data, run_dir, run_main
+from flags import check_args, get_args_parser, load_data, run_dir
+from utils.cli import run_main
 from utils.engine import accuracy, get_device, resolve_precision
 from utils.recipes import RECIPES
 
@@ -79,4 +80,4 @@ def get_parser():
 
 
 if __name__ == "__main__":
-    run_main(main, get_parser())
+    run_main(main, get_parser(), check_args)

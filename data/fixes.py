@@ -1,6 +1,6 @@
 """Label fixes: decisions about single images in a CSV file, made on the review page (label_fixes.csv) or by the
-candidate policies of tools/fix_policy_study.py, applied to a data set with --label_fixes FILE. No policy without a
-reviewer ships: none held on every label set of that study (docs/review.md).
+candidate policies of studies/fix_policy_study.py, applied to a data set with --label_fixes FILE. No policy without a
+reviewer ships: none held on every label set of that study (studies/fix_policy_study.md).
 
 Columns `index,file,given_label,action,new_label`, one row per image at most: `index` is the image's position in the
 data set, `file` its file as label_issues.csv writes it (empty where the data set has no files; left empty, it is not

@@ -104,3 +104,27 @@ class DeviceBatches:
 
     def __iter__(self):
         return self.iterate(self.epoch_order())
+
+
+class RunBatches:
+    """The four streams of batches of a training run, over one copy of the images on the device: train (augmented,
+    shuffled by `generator`), val (the test transform; with --val_ratio 0 the training split, augmented, stands in, as
+    in the reference), full (every image, through the training augmentation, for detection, as in the reference) and
+    test (None without a test set). `labels` are the given labels of every image, on the device."""
+
+    def __init__(self, data, train_idx, val_idx, batch_size, eval_batch_size, seed, device, rank=0, world_size=1):
+        pad_mode, flip_first = data.augment
+        images = to_device_images(data.train_images, pad_mode, device)
+        self.labels = torch.as_tensor(data.noisy_labels, device=device)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        common = dict(mean_std=data.mean_std, flip_first=flip_first, generator=self.generator, channels_last=True,
+                      rank=rank, world_size=world_size)
+        self.train = DeviceBatches(images, self.labels, train_idx, batch_size=batch_size, augment=True, shuffle=True,
+                                   **common)
+        self.val = (DeviceBatches(images, self.labels, val_idx, batch_size=eval_batch_size, **common) if len(val_idx) else
+                    DeviceBatches(images, self.labels, train_idx, batch_size=eval_batch_size, augment=True, **common))
+        self.full = DeviceBatches(images, self.labels, None, batch_size=eval_batch_size, augment=True, **common)
+        self.test = None if data.test_images is None else DeviceBatches(
+            to_device_images(data.test_images, pad_mode, device), torch.as_tensor(data.test_labels, device=device),
+            None, batch_size=eval_batch_size, **common)

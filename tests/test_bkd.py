@@ -1,5 +1,6 @@
 """Each algorithm function against hand-computed values, and gradient flow as the spec says."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -107,6 +108,15 @@ def test_otsu_split_puts_exactly_one_in_the_last_bin():
     assert split[0] == pytest.approx(0.999) and split[2] == pytest.approx(0.2)
 
 
+def test_otsu_split_skips_the_cuts_with_an_empty_side_quietly():
+    """Cuts below the lowest value or above the highest are skipped, not scored as 0 / 0 (a numpy warning in every
+    run's log, and a NaN score)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = otsu_split([0.3] * 5 + [0.6] * 5)
+    assert split[2] == pytest.approx(0.3) and split[0] == pytest.approx(0.6)
+
+
 @pytest.mark.parametrize("values", [[0.5] * 10, [1.0] * 4, [0.0, 0.0015], [0.9985, 0.999, 1.0]])
 def test_otsu_split_refuses_values_no_cut_separates(values):
     with pytest.raises(DegenerateSplit):
@@ -124,6 +134,8 @@ def test_assign_groups_boundaries():
     ([1, 2, 5, 3, 2, 1], 2),
     ([1, 2, 3, 4, 5, 6], None),
     ([1, 2, 5, 5, 2, 1], None),  # strict: a plateau is no peak
+    ([0, 1, 2, 2, 1, 0], None),  # ... nor either end of one
+    ([5, 0, 3, 1, 0, 0], None),  # above both later epochs and the one before, not the one two before
     ([1, 2, 3, 4, 9, 1], None),  # a peak needs two later epochs
     ([1, 2, 3, 4, 9, 1, 0], 4),
     ([1, 5, 2, 3, 6, 4, 3, 7, 8, 9], 4),  # index 1 has only one epoch before it

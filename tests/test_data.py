@@ -224,11 +224,24 @@ def test_synthetic_data_set_is_drawn_once_and_cached(tmp_path, monkeypatch):
     assert same(synthetic.load_synthetic()) and drawn_again == [1]
     assert same(synthetic.load_synthetic()) and drawn_again == [1]
     os.remove(path)
-    os.chmod(os.path.dirname(path), 0o500)  # a read-only cache folder: drawn every time, no error
-    try:
-        assert same(synthetic.load_synthetic()) and drawn_again == [1, 1] and (os.getuid() == 0 or not os.path.exists(path))
-    finally:
-        os.chmod(os.path.dirname(path), 0o700)
+    # a cache that cannot be written (a read-only folder: made to fail here, since root writes anywhere): drawn every
+    # time, no error, nothing written
+    import utils
+
+    def refused(path, write):
+        raise utils.RunError(f"cannot write {path}: Read-only file system")
+    monkeypatch.setattr(utils, "atomic_write", refused)
+    assert same(synthetic.load_synthetic()) and drawn_again == [1, 1] and not os.path.exists(path)
+    monkeypatch.undo()  # and a cache folder that cannot be made
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    monkeypatch.setattr(synthetic, "make_synthetic", lambda: drawn_again.append(1) or drawn)
+
+    def no_folder(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "makedirs", no_folder)
+    assert same(synthetic.load_synthetic()) and drawn_again == [1, 1, 1]
+    monkeypatch.undo()
+    assert not os.path.exists(tmp_path / "other")
 
 
 # ---------------------------------------------------------------------------- device batches

@@ -553,13 +553,15 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch, capsys, earlier_e
 
 
 @pytest.fixture(params=["exchange", "no exchange"])
-def renames(request, monkeypatch):
+def renames(request, monkeypatch, tmp_path):
     """Each test twice: with the atomic exchange of Linux file systems, and without it (another system, or a file
-    system without it: the earlier copy moved aside, and files moved in by a hard link and an unlink)."""
+    system without it: the earlier copy moved aside, and files moved in by a hard link and an unlink). The exchange
+    is tried where the exports of the test go, its own tmp_path (so a file system that cannot exchange skips the
+    test instead of passing it on the fallback, and no two workers probe in the same folder)."""
     if request.param == "no exchange":
         monkeypatch.setattr(placement, "RENAMEAT2", None)
     else:
-        assert placement.exchange_works(os.getcwd()) or pytest.skip("this file system cannot exchange two paths")
+        assert placement.exchange_works(str(tmp_path)) or pytest.skip("this file system cannot exchange two paths")
     return request.param
 
 

@@ -44,6 +44,9 @@ def test_at_split_writes_the_references_detection_and_keeps_the_split_flags(tmp_
     assert np.array_equal(np.load(tmp_path / "detection.npy"), groups == 4)  # G4, the reference's
     assert np.array_equal(np.load(tmp_path / "detection_scores.npy"), scores.astype(np.float32))
     assert findings.split["flagged"].tolist() == [False, False, False, True, False, False, False, False]
+    # the suggestion and its agreement: the larger class of each image's averaged passes (0.95 either way, by hand)
+    assert findings.split["suggested"].tolist() == [0, 0, 0, 1, 1, 1, 1, 0]
+    assert np.allclose(findings.split["agreement_suggested"], 0.95)
     assert not (tmp_path / "label_issues.csv").exists()  # that comes at the end of the run
 
 
@@ -66,6 +69,7 @@ def test_the_final_networks_judge_with_judge_final(tmp_path):
     assert np.allclose(in_dataset_order(table, "agreement_given"), scores, rtol=1e-5)  # the tipping pass's, kept
     assert in_dataset_order(table, "flagged").tolist() == flagged.tolist()
     assert suggested.tolist() == agreement.argmax(axis=1).tolist()
+    assert np.allclose(in_dataset_order(table, "agreement_suggested"), agreement.max(axis=1), rtol=1e-5)
     assert flagged.tolist() == flag_labels(agreement, LABELS, np.stack([plain, augmented])).tolist()
 
 

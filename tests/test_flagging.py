@@ -1,4 +1,4 @@
-"""The flagged cut of utils/flagging.py and the study's cuts of tools/flag_cuts.py on hand-computed examples: the
+"""The flagged cut of utils/flagging.py and the study's cuts of studies/flag_cuts.py on hand-computed examples: the
 shipped cut (suggested label != given, on the agreement averaged over the last passes, the teacher refusing the
 label in every one of them), confident learning's confident class, joint and pruning by noise rate (worked out by hand below), and, where
 the study's cleanlab is installed, the pruning against cleanlab's own."""
@@ -6,12 +6,11 @@ import os
 import sys
 
 import numpy as np
-import pytest
 
 from tests.conftest import ROOT
 from utils.flagging import FLAGGED_CUT, TEACHER_SPARES, flag_labels
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "studies"))
 from flag_cuts import (CUTS, confident_class, confident_joint, confident_learning, g4, lowest,  # noqa: E402
                        prune_by_noise_rate, rounded_rows)
 
@@ -88,15 +87,37 @@ def test_lowest_and_g4():
     assert g4(probs, labels).tolist() == [False, True, False, True, False, False]
 
 
-def test_pruning_matches_cleanlab_where_installed():
-    """Our numpy pruning flags the same images as cleanlab's find_label_issues(filter_by='prune_by_noise_rate') but
-    for a few per thousand (their rounding differs): a study dependency, so this runs only where it is installed."""
-    cleanlab = pytest.importorskip("cleanlab.filter")
+# What cleanlab 2.9.0's find_label_issues(labels, probs, filter_by="prune_by_noise_rate") flags on the data set of the
+# test below (numpy's RandomState(0), whose stream is frozen): recorded once from cleanlab itself, so that the
+# comparison runs where cleanlab, a study dependency only, is not installed (CI).
+CLEANLAB_2_9_FLAGS = (
+    1, 5, 10, 12, 26, 28, 35, 41, 53, 64, 68, 70, 78, 83, 115, 118, 121, 123, 125, 143, 149, 152, 154, 164, 166, 174,
+    183, 187, 207, 213, 216, 219, 222, 252, 256, 263, 275, 277, 281, 282, 285, 287, 294, 298, 306, 319, 325, 329, 335,
+    336, 340, 342, 352, 356, 370, 373, 376, 377, 396, 410, 420, 425, 428, 435, 442, 443, 444, 446, 450, 453, 455, 467,
+    483, 495, 498, 509, 510, 514, 519, 523, 525, 534, 540, 558, 586, 588, 593, 600, 618, 619, 625, 627, 629, 632, 634,
+    643, 657, 679, 682, 689, 692, 694, 708, 722, 723, 738, 742, 754, 755, 766, 768, 774, 778, 786, 787, 799, 805, 806,
+    811, 817, 829, 830, 831, 837, 844, 845, 849, 852, 859, 861, 863, 864, 880, 881, 895, 898, 934, 937, 939, 940, 942,
+    945, 947, 951, 958, 960, 966, 986, 987)
+
+
+def pruning_data():
     rng = np.random.RandomState(0)
     true = rng.randint(0, 5, size=1000)
     labels = np.where(rng.rand(1000) < 0.2, rng.randint(0, 5, size=1000), true)
     logits = rng.randn(1000, 5) + 3 * np.eye(5)[true]
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return labels, np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def test_pruning_matches_cleanlab():
+    """Our numpy pruning flags the images cleanlab's find_label_issues(filter_by='prune_by_noise_rate') flags:
+    exactly cleanlab 2.9.0's flags recorded above, and, against the installed cleanlab where there is one, all but a
+    few per thousand (rounding may differ between its versions)."""
+    labels, probs = pruning_data()
     ours = prune_by_noise_rate(probs, labels)
-    theirs = cleanlab.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
-    assert ours.sum() > 50 and np.sum(ours != theirs) <= 0.01 * len(labels), (ours.sum(), theirs.sum())
+    assert np.flatnonzero(ours).tolist() == list(CLEANLAB_2_9_FLAGS)
+    try:
+        import cleanlab.filter
+    except ImportError:
+        return
+    theirs = cleanlab.filter.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    assert np.sum(ours != theirs) <= 0.01 * len(labels), (ours.sum(), theirs.sum())

@@ -17,11 +17,11 @@ from data.fixes import COLUMNS, apply_label_fixes, read_label_fixes, run_dir_suf
 from tests.conftest import ROOT, run
 from tests.test_own_data import write_folder
 from utils import InputError, printable_path
-from utils.cli import check_args, get_args_parser, run_dir
+from flags import check_args, get_args_parser, run_dir
 from utils.label_issues import in_dataset_order, ranking_column, read_label_issues, write_label_issues
 from utils.summary import collect
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "studies"))
 from fix_policy_study import relabel_and_drop  # noqa: E402
 
 CLASSES = ("cat", "dog", "frog")
@@ -99,7 +99,7 @@ def test_data_without_files_takes_rows_without_files(tmp_path):
 
 
 def relabel_flagged(data, flagged, suggested):
-    """Fixes that relabel every flagged image to its suggestion (tools/fix_policy_study.py makes its candidates'
+    """Fixes that relabel every flagged image to its suggestion (studies/fix_policy_study.py makes its candidates'
     fixes this way)."""
     return relabel_and_drop(data, np.asarray(suggested), np.asarray(flagged), np.zeros(len(flagged), bool))
 
@@ -192,7 +192,35 @@ def test_bad_fixes_stop_every_script_before_anything_is_written(fake_run, fake_c
     assert absent.returncode == 2 and "argument --label_fixes" in absent.stderr and "not a readable file" in absent.stderr
 
 
-def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
+def draw_in_process(flags, run_dir, monkeypatch):
+    """plots.py's main on a run, in this process, its figures recorded instead of drawn: {figure function: the
+    arrays it was given}, and "shown": the images the suspicious-images grid captions."""
+    import plots
+    from utils import plots as figures
+    from flags import check_args, get_args_parser
+    drawn = {}
+
+    def recorder(name):
+        def record(plt, *arrays, **kwargs):
+            drawn[name] = [np.asarray(a) for a in arrays if isinstance(a, np.ndarray)]
+            return plt.figure()
+        return record
+    for name in ("scores_figure", "precision_recall_figure"):
+        monkeypatch.setattr(plots, name, recorder(name))
+    real = figures.suspicious_figure
+
+    def suspicious(plt, images, table, *args, **kwargs):
+        fig = real(plt, images, table, *args, **kwargs)
+        drawn["shown"] = [int(ax.get_title().split("#")[1].split("\n")[0]) for ax in fig.axes if ax.get_title()]
+        return fig
+    monkeypatch.setattr(plots, "suspicious_figure", suspicious)
+    monkeypatch.setattr(plots, "save_figure", lambda plt, fig, path: plt.close(fig))
+    parser = get_args_parser("plots")
+    plots.main(check_args(parser, parser.parse_args([str(f) for f in flags])))
+    return drawn
+
+
+def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path, monkeypatch):
     """The fake CIFAR-10 run (every third label wrong): relabel ten wrong labels to the truth, drop five images.
     The run lands in its own directory, trains and validates without the dropped images, never flags them, lists
     them last in label_issues.csv, and every script says what it counts."""
@@ -252,5 +280,9 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path):
     if importlib.util.find_spec("matplotlib"):  # the pictures leave the dropped images out
         plots = run("plots.py", *flags)
         assert plots.returncode == 0 and f"written: {d / 'suspicious_images.png'}" in plots.stdout, plots.stderr
+        drawn = draw_in_process(flags, d, monkeypatch)  # what each picture was given to draw
+        assert len(drawn["scores_figure"][0]) == len(drawn["precision_recall_figure"][0]) == 95
+        assert np.array_equal(drawn["scores_figure"][0], np.load(d / "detection_scores.npy")[~dropped])
+        assert not set(drawn["shown"]) & {1, 2, 4, 5, 7} and len(drawn["shown"]) == 32
     rows = collect(str(results))
     assert [(r["noise_type"], r["seeds"]) for r in rows] == [(f"worst + fixes {sha[:8]}", [0])]

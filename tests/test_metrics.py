@@ -178,7 +178,7 @@ def test_detection_script_without_ground_truth(tmp_path, monkeypatch, capsys):
     """The user's own data (--dataset npz without clean labels): the count only, and exit 0."""
     import detection
     from data import Dataset
-    from utils.cli import check_args
+    from flags import check_args
     given = np.array([0, 1, 1, 0, 2, 2])
     data = Dataset("npz", 3, np.zeros((6, 8, 8, 3), np.uint8), given, None, None, None)
     monkeypatch.setattr(detection, "load_data", lambda args: data)

@@ -12,7 +12,7 @@ import data.folder as folder
 from data import load_dataset
 from tests.conftest import run
 from utils import InputError, RunError
-from utils.cli import check_args, get_args_parser, run_dir
+from flags import check_args, get_args_parser, run_dir
 
 
 def save_image(path, pixels, **kwargs):

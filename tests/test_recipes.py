@@ -1,7 +1,6 @@
 """Recipes (utils/recipes.py, --recipe): the paper's procedure by default on CIFAR-N, ours on own data and the demo,
 plain cross-entropy in the same pipeline; explicit flags win and the run says so; the reference recipe trains as the
 reference's rule always did; a ce run trains, resumes, evaluates and summarises end to end."""
-import argparse
 import json
 import os
 import pickle
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, fake_run_flags, outputs, run, train
-from utils.cli import check_args, get_args_parser, run_dir
-from utils.recipes import DEFAULT_RECIPE, RECIPES, describe, label, overrides, recipe_of
+from flags import check_args, get_args_parser, run_dir
+from tests.conftest import fake_run_flags, outputs, run, train
+from utils.recipes import DEFAULT_RECIPE, describe, label, overrides, recipe_of
 from utils.watch import GUARD_EPOCHS, GUARD_OFF, GUARD_Z, Watch, fall
 
 
@@ -123,6 +122,16 @@ def test_where_the_guard_is_off_the_watch_says_where_it_would_have_gone_back():
         m["val_every_epoch"] = late[:epoch + 1]
         watch.check(m, epoch)
         assert watch.unguarded(m, epoch) is None
+    edge = curve[:split + 1] + [45.0] * (GUARD_EPOCHS - 1) + [40.0]  # the fall comes at the guard's last epoch
+    assert fall(edge, split)[0] < -GUARD_Z and all(fall(edge[:e + 1], split)[0] > -GUARD_Z
+                                                    for e in range(split + 1, split + GUARD_EPOCHS))
+    m = dict(tipping_found_epoch=split, warnings=[], watch=None)
+    notes = []
+    for epoch in range(split + 1, len(edge)):
+        m["val_every_epoch"] = edge[:epoch + 1]
+        watch.check(m, epoch)
+        notes.append(watch.unguarded(m, epoch))
+    assert [epoch for epoch, note in zip(range(split + 1, len(edge)), notes) if note] == [split + GUARD_EPOCHS]
     for other in (Watch(guard=True, guard_hint=hint), Watch(guard=False)):
         m = dict(tipping_found_epoch=split, warnings=[], watch=None, val_every_epoch=curve[:expected + 1])
         other.check(m, expected)

@@ -302,7 +302,7 @@ def test_bad_input_table(tmp_path, fake_cifar):
 
 def test_overwrite_leaves_nothing_of_the_run_it_replaces(fake_run):
     """--overwrite removes what the studies keep in a run directory too: the passes of --record_passes, the epoch
-    summary tools/tipping_study.py makes of them and the fixes tools/fix_policy_study.py makes of its detection
+    summary studies/tipping_study.py makes of them and the fixes studies/fix_policy_study.py makes of its detection
     (a study would read them as the new run's own)."""
     results = fake_run["tmp"] / "r"
     train([*fake_run["flags"], "--n_epoch", 3, "--record_passes"], results)

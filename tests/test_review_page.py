@@ -746,3 +746,21 @@ def test_5000_cards_of_100_classes_open_fast_and_the_picker_filters(browser, tmp
     assert b.js("return document.getElementById('pageinfo').textContent") == (
         "page 84/84 \u00b7 4,981\u20135,000 of 5,000")
     assert b.severe() == []
+
+
+def test_review_max_images_caps_the_page(synthetic_run, tmp_path):
+    """detection.py --review_max_images N: the page holds the first N cards of the table's order (the flagged images
+    first, from the most suspicious down), says how many it shows, and a negative N is refused in one line."""
+    from tests.test_plots import copy_run
+    d, flags = copy_run(synthetic_run, tmp_path / "results")
+    table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)
+    first_flagged = [int(i) for i in np.asarray(table["index"])[np.asarray(table["flagged"])][:5]]
+    for cap, expected in ((5, first_flagged), (0, [])):
+        r = run("detection.py", *flags, "--review_max_images", cap)
+        assert r.returncode == 0 and f"({len(expected)} images to review," in r.stdout, r.stderr
+        data, _ = page_data((d / "review.html").read_text())
+        assert [c["index"] for c in data["cards"]] == expected and data["run"]["cap"] == cap
+        assert data["run"]["shown"] == len(expected)
+    r = run("detection.py", *flags, "--review_max_images", -1)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "detection.py: error: --review_max_images -1: must be 0 or more"

@@ -105,9 +105,9 @@ def test_dry_run_datasets(tmp_path):
 def test_dry_run_recipes_side_by_side(tmp_path):
     """RECIPES runs each recipe of each label set and seed, in its own run directory: the dataset's default recipe in
     the directory the reference's commands name, another with _<recipe> (the training script's own rule,
-    utils.cli.run_dir, checked here against run.sh's); --recipe among the flags is one recipe; bad names stop."""
+    flags.run_dir, checked here against run.sh's); --recipe among the flags is one recipe; bad names stop."""
     import argparse
-    from utils.cli import run_dir
+    from flags import run_dir
     from utils.recipes import RECIPES
     for dataset in ("cifar10", "synthetic"):
         r = run_sh(tmp_path, DRY_RUN="1", DATASET=dataset, NOISE_TYPES="worst", RECIPES=" ".join(RECIPES))

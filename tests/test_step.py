@@ -151,7 +151,8 @@ def test_failed_capture_stops_the_run_with_its_cause_and_the_run_continues_eager
     on stderr, the failure in metrics.json, the saved state untouched, one last line saying how to continue; and
     --resume --no-cuda_graph then ends byte for byte as a run that was never interrupted."""
     import blind_knowledge_dist_training as training
-    from utils.cli import get_args_parser, run_main
+    from flags import check_args, get_args_parser
+    from utils.cli import run_main
     flags, tmp = reference["flags"], tmp_path  # the reference run of tests/test_resume.py, never interrupted
     run_dir = tmp / "r" / RUN_DIR
     process = start(flags, tmp / "r", "--no-cuda_graph")
@@ -166,7 +167,7 @@ def test_failed_capture_stops_the_run_with_its_cause_and_the_run_continues_eager
     monkeypatch.setattr(sys, "argv", ["blind_knowledge_dist_training.py", *map(str, flags), "--results_dir",
                                       str(tmp / "r"), "--resume", "--cuda_graph", "--device", "cpu"])
     with pytest.raises(SystemExit) as e:
-        run_main(training.main, get_args_parser(""))
+        run_main(training.main, get_args_parser(""), check_args)
     err = capsys.readouterr().err
     assert e.value.code == 1
     assert err.index("operation not permitted when stream is capturing") < err.index(

@@ -1,6 +1,6 @@
-"""The candidate fix policies of tools/fix_policy_study.py on hand-made detections and passes, and the two studies
-(tools/fix_policy_study.py, tools/precision_study.py) end to end on 100 fake CIFAR images: their tables, their reuse
-of finished runs, and the bf16 variants of tools/precision_variant.py."""
+"""The candidate fix policies of studies/fix_policy_study.py on hand-made detections and passes, and the two studies
+(studies/fix_policy_study.py, studies/precision_study.py) end to end on 100 fake CIFAR images: their tables, their reuse
+of finished runs, and the bf16 variants of studies/precision_variant.py."""
 import json
 import math
 import os
@@ -17,7 +17,7 @@ from data.fixes import apply_label_fixes, write_label_fixes
 from tests.conftest import ROOT, run, script_env, write_pickle
 from utils.label_issues import write_label_issues
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "studies"))
 import fix_policy_study  # noqa: E402
 import precision_variant  # noqa: E402
 from study import mean_ci, paired  # noqa: E402
@@ -137,7 +137,7 @@ def test_fix_policy_study_end_to_end_and_again(study_data, tmp_path):
     flags = [*study_data, "--seeds", "0", "--policies", "drop", "reviewer", "--results_dir", tmp_path / "study",
              # the reference's tipping rule: random images never plateau in 10 epochs (see fake_run_flags)
              "--train_flags", "--arch small_cnn --n_epoch 10 --batch_size 16 --print_freq 1000 --tipping_rule reference"]
-    first = run("tools/fix_policy_study.py", *flags)
+    first = run("studies/fix_policy_study.py", *flags)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "as is: 0 of 1 finished already, 1 to train" in first.stdout
     assert "retrained with fixes: 0 of 2 finished already, 2 to train" in first.stdout
@@ -154,21 +154,21 @@ def test_fix_policy_study_end_to_end_and_again(study_data, tmp_path):
     # one part (one data set, no confirmation): a qualifying policy would ship on it alone
     assert table.splitlines()[-2].startswith("chosen (given): ")
     assert table.splitlines()[-1].startswith("ships: ")
-    again = run("tools/fix_policy_study.py", *flags)  # everything finished: nothing is trained again
+    again = run("studies/fix_policy_study.py", *flags)  # everything finished: nothing is trained again
     assert again.returncode == 0 and "1 of 1 finished already, 0 to train" in again.stdout
     assert "2 of 2 finished already, 0 to train" in again.stdout
     assert (tmp_path / "study" / "study.md").read_text() == table
 
 
 def test_study_label_sets_name_their_files_and_part(tmp_path):
-    """The label sets of the studies: synthetic by noise type, the others a file of tools/make_study_npz.py; their
+    """The label sets of the studies: synthetic by noise type, the others a file of studies/make_study_npz.py; their
     part by their source (Fashion- and Animal-MNIST confirm), and a missing file says how to make it."""
     from study import CONFIRMED_ON, LabelSet
     synthetic, pair = LabelSet("synthetic worst", str(tmp_path)), LabelSet("fashion pair 25", str(tmp_path))
     assert synthetic.flags == ["--dataset", "synthetic", "--noise_type", "worst"] and synthetic.part == "chosen on"
     assert pair.flags == ["--dataset", "npz", "--data_dir", str(tmp_path / "fashion_pair_25.npz"), "--arch", "small_cnn"]
     assert pair.part == "confirmed on" and pair.folder == "fashion_pair_25" and pair.run_name == "npz_given"
-    assert "python tools/make_study_npz.py --out" in pair.missing_file() and synthetic.missing_file() is None
+    assert "python studies/make_study_npz.py --out" in pair.missing_file() and synthetic.missing_file() is None
     assert all(LabelSet(name).part == "confirmed on" for name in CONFIRMED_ON)
     assert LabelSet("digits pair 25").part == "chosen on"
     with pytest.raises(ValueError, match="unknown label set"):
@@ -177,7 +177,7 @@ def test_study_label_sets_name_their_files_and_part(tmp_path):
 
 def test_precision_study_end_to_end(study_data, tmp_path):
     """The variant on a seed of its own: fp32 is trained on that seed too and compared with it."""
-    result = run("tools/precision_study.py", *study_data, "--seeds", "1", "--variants", "fp32_eval",
+    result = run("studies/precision_study.py", *study_data, "--seeds", "1", "--variants", "fp32_eval",
                  "--variant_seeds", "2", "--results_dir", tmp_path / "study",
                  "--train_flags", "--arch small_cnn --n_epoch 3 --batch_size 32")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -195,7 +195,7 @@ def test_precision_study_end_to_end(study_data, tmp_path):
 
 
 def test_study_noise_models_flip_exactly_their_share(tmp_path):
-    """tools/make_study_npz.py's noise models on hand-made out-of-fold probabilities: each makes exactly
+    """studies/make_study_npz.py's noise models on hand-made out-of-fold probabilities: each makes exactly
     round(rate * N) labels wrong; pair flips send the same share of every class to its one look-alike class; the same
     seed gives the same labels."""
     import make_study_npz
@@ -323,7 +323,7 @@ def test_the_grid_of_the_studies():
 
 @pytest.mark.slow
 def test_plain_cross_entropy_of_the_learning_study(tmp_path):
-    """tools/learning_study.py's plain cross-entropy is a --recipe ce run of the training script (one pipeline), in its
+    """studies/learning_study.py's plain cross-entropy is a --recipe ce run of the training script (one pipeline), in its
     own run directory, validated and tested every epoch; its fit of the wrong training labels comes from its best and
     final checkpoints, here recomputed by hand with plain torch."""
     import torch
@@ -363,8 +363,8 @@ def test_plain_cross_entropy_of_the_learning_study(tmp_path):
 
 @pytest.mark.slow
 def test_ce_pipeline_study_end_to_end(tmp_path):
-    """tools/ce_pipeline_study.py on a toy label set, two seeds: the studies' former loop and --recipe ce train the
-    same network to the same final accuracy, seed by seed (what docs/learning.md relies on to keep its tables); a
+    """studies/ce_pipeline_study.py on a toy label set, two seeds: the studies' former loop and --recipe ce train the
+    same network to the same final accuracy, seed by seed (what studies/learning_study.md relies on to keep its tables); a
     second call trains nothing."""
     rng = np.random.default_rng(0)
     clean = np.repeat(np.arange(4), 30)
@@ -373,7 +373,7 @@ def test_ce_pipeline_study_end_to_end(tmp_path):
     noisy = np.where(np.arange(120) % 4 == 0, (clean + 1) % 4, clean)
     np.savez(tmp_path / "toy_pair_25.npz", train_images=images, train_labels=noisy, clean_labels=clean,
              test_images=images[:40], test_labels=clean[:40])
-    command = [sys.executable, os.path.join(ROOT, "tools", "ce_pipeline_study.py"), "--label_sets", "toy pair 25",
+    command = [sys.executable, os.path.join(ROOT, "studies", "ce_pipeline_study.py"), "--label_sets", "toy pair 25",
                "--schedules", "demo", "--seeds", "0", "1", "--study_data", str(tmp_path), "--results_dir",
                str(tmp_path / "r")]
     first = subprocess.run(command, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
@@ -391,7 +391,7 @@ def argparse_namespace(**kwargs):
 
 
 def test_small_version_of_a_grouped_split():
-    """tools/make_study_npz.py's small version of a source split by groups (emoji): n training images of each class
+    """studies/make_study_npz.py's small version of a source split by groups (emoji): n training images of each class
     taken from its training split only, the same for the same seed."""
     import make_study_npz
     labels = np.repeat(np.arange(3), [100, 80, 10])
@@ -404,7 +404,7 @@ def test_small_version_of_a_grouped_split():
 
 
 def test_learning_study_tables_of_a_partial_grid_by_hand(tmp_path):
-    """tools/learning_study.py's table from finished runs written by hand, only some sides run (--methods): the
+    """studies/learning_study.py's table from finished runs written by hand, only some sides run (--methods): the
     paired differences of the sides there, '–' for the others, and the share of right labels the split pushed away
     (G3/G4, the student at the tipping epoch giving another class; the ground truth only explains) with its
     correlation to what the soft targets cost; in how many seeds the final networks collapsed onto one class."""
@@ -505,7 +505,7 @@ def test_ranking_study_sees_a_collapsed_final_pass():
 
 
 def test_ranking_study_tables_with_and_without_the_peer():
-    """tools/ranking_study.py's tables: every candidate against the peer (where the peer was trained) and against the
+    """studies/ranking_study.py's tables: every candidate against the peer (where the peer was trained) and against the
     split's ranking and cut, paired by seed; a schedule without the peer shows '–' in its columns."""
     import ranking_study as rs
     seeds = ["0", "1", "2"]

@@ -16,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tests.conftest import ROOT, script_env
 from utils import InputError, RunError
-from utils.cli import get_args_parser, run_main
+from flags import check_args, get_args_parser
+from utils.cli import run_main
 
 
 def stop(how):
@@ -61,7 +62,7 @@ def test_every_way_out_frees_the_wrappers_before_the_group_goes(how, code, said,
         stop(how)
     try:
         with pytest.raises(SystemExit) as e:
-            run_main(main, get_args_parser("toy"))
+            run_main(main, get_args_parser("toy"), check_args)
     finally:
         signal.signal(signal.SIGTERM, handler)
         if dist.is_initialized():
@@ -81,7 +82,8 @@ sys.path.insert(0, {root!r})
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from utils import InputError
-from utils.cli import get_args_parser, run_main
+from flags import check_args, get_args_parser
+from utils.cli import run_main
 from utils.dist import all_reduce, init_distributed
 
 def main(args):  # the training script's ending, small: DDP, a few collectives, rank 0 still writing its files
@@ -95,14 +97,14 @@ def main(args):  # the training script's ending, small: DDP, a few collectives, 
     if rank == 0:
         time.sleep(1.0)
 
-run_main(main, get_args_parser("toy"))
+run_main(main, get_args_parser("toy"), check_args)
 """
 
 
 @pytest.mark.slow
 def test_under_torchrun_beside_a_cpu_burner_every_rank_exits_with_the_runs_code(tmp_path):
     """Two ranks ending as the training script ends, beside two processes that keep the CPU busy (the load under
-    which rank 1 aborted): every run exits 0, five times in a row; an error found on every rank ends the ranks with
+    which rank 1 aborted): every run exits 0, three times in a row; an error found on every rank ends the ranks with
     its own code, 2, which torchrun reports, and no rank aborts."""
     script = tmp_path / "ending.py"
     script.write_text(TOY.format(root=ROOT))
@@ -110,7 +112,7 @@ def test_under_torchrun_beside_a_cpu_burner_every_rank_exits_with_the_runs_code(
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
               "--dataset", "synthetic"]
     try:
-        for i in range(5):
+        for i in range(3):
             r = subprocess.run(launch, cwd=ROOT, env=script_env(threads="1"), capture_output=True, text=True,
                                timeout=300)
             assert r.returncode == 0 and "exitcode" not in r.stderr, (i, r.stderr[-3000:])

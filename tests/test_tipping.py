@@ -1,14 +1,14 @@
 """The tipping-point rules (utils/tipping.py): the reference's rule kept as it is, the plateau rule on hand-made curves
-and on curves recorded by tools/tipping_study.py (student confidence and training fit per epoch, rounded to 4
+and on curves recorded by studies/tipping_study.py (student confidence and training fit per epoch, rounded to 4
 decimals), where the reference rule splits before the networks have learnt and the plateau rule waits."""
 import numpy as np
 import pytest
 
 from utils.bkd import find_tipping_epoch
-from utils.tipping import (FIT_SHARE, LEARNT_SHARE, MARGIN, PATIENCE, TIPPING_RULES, Tipping, find_tipping,
+from utils.tipping import (FIT_SHARE, LEARNT_SHARE, MARGIN, PATIENCE, Tipping, find_tipping,
                            history_slots, noise_level, plateau_rule, premature_split)
 
-# Recorded by `python tools/tipping_study.py record` (one torch thread each, torch 2.14.1, 2-core CPU): synthetic label
+# Recorded by `python studies/tipping_study.py record` (one torch thread each, torch 2.14.1, 2-core CPU): synthetic label
 # sets and scikit-learn's digits with 25 % wrong labels, on the demo's schedule (24 epochs, lr 0.1 x0.1 every 5) and
 # the long one (48 epochs, lr 0.1 x0.1 at 32). Each is (student confidence, training fit) per epoch.
 CLEAN_DEMO_SEED_2 = (  # demo schedule, synthetic_clean/synthetic_clean_seed_2
@@ -182,10 +182,30 @@ def test_plateau_evidence_tells_a_turn_from_a_plateau():
     assert f"within {MARGIN:g} noise levels" in tipping.evidence and f"within {FIT_SHARE:.0%} of its rise" in tipping.evidence
 
 
-def test_history_slots_keep_the_tipping_epoch():
-    """A run keeps as many epochs of per-sample records as a rule can look back, plus the newest."""
-    assert history_slots("reference") == 4 and history_slots("none") == 4
-    assert history_slots("plateau") == max(4, PATIENCE + 1) == TIPPING_RULES["plateau"][1] + 1
+@pytest.mark.parametrize("rule", ["plateau", "reference"])
+def test_history_slots_keep_the_tipping_epoch(rule):
+    """The run's ring of per-sample records (epoch e in slot e % history_slots, as the training script keeps them)
+    still holds the tipping epoch's when the rule finds it, on 300 curves of every shape: rises, turns, plateaus,
+    noise. The plateau rule finds a tipping epoch up to PATIENCE epochs back, so it needs PATIENCE + 1 slots."""
+    n_slots = history_slots(rule)
+    rng = np.random.default_rng(0)
+    found_back = set()
+    for trial in range(300):
+        n = 30
+        rise = np.minimum(np.arange(n), rng.integers(3, 25)) * rng.uniform(0.005, 0.05)  # rises, then a plateau
+        turn = -np.maximum(np.arange(n) - rng.integers(5, 30), 0) * rng.uniform(0, 0.02)  # and may turn down
+        confidence = 0.3 + rise + turn + rng.normal(0, rng.uniform(0.0005, 0.01), n)
+        fit = 0.2 + 2 * rise + rng.normal(0, 0.001, n)
+        held = {}
+        for epoch in range(n):
+            held[epoch % n_slots] = epoch
+            tipping = find_tipping(rule, confidence[:epoch + 1], fit[:epoch + 1])
+            if tipping is not None:
+                assert held[tipping.epoch % n_slots] == tipping.epoch, (trial, tipping.epoch, epoch)
+                found_back.add(epoch - tipping.epoch)
+                break
+    assert max(found_back) == (PATIENCE if rule == "plateau" else 2)  # the rule's deepest look back was reached
+    assert history_slots("none") == 4  # a run that never splits keeps the minimum
 
 
 def test_a_split_in_the_first_epochs_is_premature():

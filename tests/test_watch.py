@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.tipping import noise_level
 from utils.engine import accuracy, prediction_reading
 from utils.watch import (BASELINE, COLLAPSE_EPOCHS, COLLAPSED, GUARD_EPOCHS, GUARD_Z, NOISE_FLOOR, WARN_Z, Watch,
-                         collapse, collapse_level, fall)
+                         collapse, collapse_level, collapsed_onto_one_class, fall, largest_share)
 
 RNG = np.random.default_rng(0)
 RISE = list(np.linspace(30, 60, 10))  # learning, then the plateau the split is made on
@@ -22,11 +21,14 @@ def metrics_of(val, split):
 
 
 def test_fall_by_hand():
+    """Worked out by hand. Up to the split (epoch 7): 50 52 54 55 55 56 55 56; its second differences 0 -1 -1 1 -2 2,
+    median -0.5, absolute deviations from it 0.5 0.5 0.5 1.5 1.5 2.5, median 1.0, so the noise is
+    1.4826 * 1.0 / sqrt(6) = 0.60527 points (above the floor). Before: the mean of the last 5, 55.4; after: 49.5 over
+    2 epochs; z = (49.5 - 55.4) / (0.60527 * sqrt(1/5 + 1/2)) = -11.6508."""
     val = [50, 52, 54, 55, 55, 56, 55, 56, 50, 49]
     z, after, before, noise = fall(val, 7)
-    assert after == 49.5 and before == np.mean(val[3:8])
-    assert noise == max(noise_level(val[:8]), NOISE_FLOOR)
-    assert z == pytest.approx((after - before) / (noise * math.sqrt(1 / BASELINE + 1 / 2)))
+    assert after == 49.5 and before == pytest.approx(55.4)
+    assert noise == pytest.approx(0.605269, abs=1e-6) and z == pytest.approx(-11.6508, abs=1e-4)
     assert fall(val, 9) is None  # no epoch after the split yet
 
 
@@ -102,14 +104,40 @@ def test_the_guard_decides_within_its_epochs():
     split = len(RISE + PLATEAU) - 1
     curve = RISE + PLATEAU + [PLATEAU[-1]] * GUARD_EPOCHS + [PLATEAU[-1] - 20] * 3
     m = metrics_of([], split)
-    backs = []
+    backs, kept = [], []
     for epoch in range(split + 1, len(curve)):
         m["val_every_epoch"] = curve[:epoch + 1]
         warning, back = watch.check(m, epoch)
         backs.append(back)
+        kept.append(watch.state() is not None)
         if warning:
             m["warnings"].append(warning)
-    assert not any(backs) and watch.state() is None and any("fell after the split" in w for w in m["warnings"])
+    assert not any(backs) and any("fell after the split" in w for w in m["warnings"])
+    # the snapshot goes (and the saved state shrinks) at the last epoch the guard decides in, not later
+    assert kept == [True] * (GUARD_EPOCHS - 1) + [False] * (len(curve) - split - GUARD_EPOCHS)
+
+
+def test_going_back_without_momentum_buffers():
+    """With --momentum 0 SGD keeps no momentum buffers: going back restores the networks and has none to copy."""
+    teacher, student = net(), net()
+    optimizer = torch.optim.SGD(list(teacher.parameters()) + list(student.parameters()), lr=0.1, momentum=0.0)
+    step(teacher, student, optimizer)
+    watch = Watch(guard=True)
+    watch.keep(teacher, student, optimizer)
+    kept = {k: v.clone() for k, v in student.state_dict().items()}
+    step(teacher, student, optimizer)
+    watch.go_back(teacher, student, optimizer)
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_the_collapse_measure_by_hand():
+    """The largest class share of 0 0 1 2 is 1/2; predictions collapse above halfway from the labels' largest share to
+    all of them: with 2 balanced classes above 3/4, and 3 of 4 in one class is not above it."""
+    assert largest_share(np.array([0, 0, 1, 2])) == 0.5 and largest_share(torch.tensor([3, 3, 3])) == 1.0
+    labels = np.array([0, 1, 0, 1])
+    assert not collapsed_onto_one_class(np.array([1, 1, 1, 0]), labels)  # 0.75: at the level, not above it
+    assert collapsed_onto_one_class(np.array([1, 1, 1, 1]), labels)
+    assert not collapsed_onto_one_class(np.array([0, 1, 2, 3]), np.array([0, 0, 0, 1]))  # labels 3/4: level 7/8
 
 
 def test_the_guard_can_go_back_at_its_last_epoch():
@@ -151,6 +179,7 @@ def test_collapse_by_hand():
     assert said.startswith(COLLAPSED) and "100% of the validation images" in said and "15%" in said
     assert "learning.py --checkpoint best" in said and "--tipping_rule none" in said
     assert collapse(shares[:5], 0.15, split, 4) is None  # one epoch after the split only
+    assert collapse([0.3, 0.2, 0.3, 0.9, 0.95], 0.15, split, 4) is None  # high since the split's epoch: one after it
     assert collapse(shares[:4] + [level, 1.0], 0.15, split, 5) is None  # at the level is not above it
     assert collapse(shares[:4] + [1.0, level - 0.01], 0.15, split, 5) is None  # the newest epoch recovered
     assert COLLAPSE_EPOCHS == 2
@@ -226,6 +255,24 @@ def collapse_after_the_split(monkeypatch):
     monkeypatch.setattr(Watch, "record", staticmethod(collapsing))
 
 
+def record_states(monkeypatch):
+    """{epoch: the networks' tensors, the momentum buffers and the groups}, copied from every state the training
+    script saves at the end of an epoch (in-process runs)."""
+    import copy
+
+    import blind_knowledge_dist_training as script
+    states, save = {}, script.save_state
+
+    def recording(path, state):
+        if state.get("epoch_in_progress") is None:
+            momentum = {i: s["momentum_buffer"] for i, s in state["optimizer"]["state"].items()}
+            states[state["epoch"]] = copy.deepcopy(dict(teacher=state["teacher"], student=state["student"],
+                                                        momentum=momentum, groups=state["groups"]))
+        save(path, state)
+    monkeypatch.setattr(script, "save_state", recording)
+    return states
+
+
 def train_fake_run(fake_cifar, tmp_path, capsys, *extra, recipe="robust"):
     """The fake CIFAR-10 run that splits (tests/test_resume.py's), in-process, under the recipe (the robust one: the
     plateau rule and the guard), judged by the final networks where they can be trusted (--judge final); (its log,
@@ -235,7 +282,7 @@ def train_fake_run(fake_cifar, tmp_path, capsys, *extra, recipe="robust"):
 
     import blind_knowledge_dist_training as script
     from tests.conftest import write_pickle
-    from utils.cli import check_args, get_args_parser
+    from flags import check_args, get_args_parser
     clean = fake_cifar["labels10"]
     write_pickle(tmp_path / "labels.pt", {"clean_label": clean, "worse_label": (clean + np.arange(100) % 3 // 2) % 10})
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
@@ -268,10 +315,20 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
         return real_check(self, metrics, epoch)
     monkeypatch.setattr(Watch, "check", falling)
     collapse_after_the_split(monkeypatch)
+    states = record_states(monkeypatch)
     out, d, m = train_fake_run(fake_cifar, tmp_path, capsys)
     found = m["tipping_found_epoch"]
     assert m["tipping_rule"] == "plateau" and found is not None and found < 26
     assert m["went_back"] is not None and m["went_back"]["z"] < -GUARD_Z
+    # what the run did, read off the states it saved: at the end of the epoch after the split, the networks and the
+    # momentum are those saved at the split, and every sample is back on its given label (group 0, one-hot); the
+    # epoch after that trains on from there
+    split, back = states[found], states[found + 1]
+    assert (split["groups"] > 0).any() and not back["groups"].any()
+    for key in ("teacher", "student", "momentum"):
+        assert split[key].keys() == back[key].keys()
+        assert all(torch.equal(split[key][k], back[key][k]) for k in split[key]), key
+    assert not all(torch.equal(back["teacher"][k], states[found + 2]["teacher"][k]) for k in back["teacher"])
     went_back = [w for w in m["warnings"] if w.startswith("the soft targets made the networks worse")]
     fell = [w for w in m["warnings"] if "fell after the split" in w]
     assert len(went_back) == 1 and f"at epoch {found + 1} the run went back" in went_back[0]

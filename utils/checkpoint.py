@@ -78,8 +78,8 @@ OUTPUT_FILES = ("teacher.pth.tar", "student.pth.tar", "best_teacher.pth.tar", "b
                 "detection.json", "review.html", "confidence.png",
                 "scores_histogram.png", "precision_recall.png", "suspicious_images.png",
                 "label_fixes_suggested.csv",  # an earlier version's detection.py wrote it
-                "epochs.json")  # tools/tipping_study.py's summary of passes/
-# folders of a run: the passes --record_passes saved, the fixes tools/fix_policy_study.py made of the run's detection
+                "epochs.json")  # studies/tipping_study.py's summary of passes/
+# folders of a run: the passes --record_passes saved, the fixes studies/fix_policy_study.py made of the run's detection
 OUTPUT_FOLDERS = ("passes", "policy_fixes")
 STATE_KEYS = ("epoch", "teacher", "student", "optimizer", "scheduler", "train_agree", "pass_history", "groups",
               "findings", "watch", "rng", "metrics")
@@ -112,6 +112,44 @@ def restore_rng_states(states, generator):
 
 def save_state(path, state):
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+class Resumable:
+    """What the state file holds and --resume restores: the networks, the optimizer and its schedule, the per-sample
+    statistics (train_agree, groups: changed in place), the findings, the watch and every random generator; the pass
+    history and the metrics, which the run replaces as it goes, are passed in."""
+
+    def __init__(self, teacher, student, optimizer, scheduler, train_agree, groups, findings, watch, generator):
+        self.teacher, self.student, self.optimizer, self.scheduler = teacher, student, optimizer, scheduler
+        self.train_agree, self.groups, self.findings, self.watch = train_agree, groups, findings, watch
+        self.generator = generator
+
+    def state(self, epoch_done, history, metrics, epoch_in_progress=None):
+        """The state after epoch `epoch_done` (and, stopped in the middle of the next, where it stopped)."""
+        return dict(epoch=epoch_done, epoch_in_progress=epoch_in_progress, teacher=self.teacher.state_dict(),
+                    student=None if self.student is None else self.student.state_dict(),
+                    optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    train_agree=self.train_agree, pass_history=None if history is None else history.state(),
+                    groups=self.groups, findings=self.findings.state(), watch=self.watch.state(),
+                    rng=rng_states(self.generator), metrics=metrics)
+
+    def load(self, state, history):
+        """Everything as saved; returns the pass history as it was (None once the run had split)."""
+        self.teacher.load_state_dict(state["teacher"])
+        if self.student is not None:
+            self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_agree.copy_(state["train_agree"])
+        if history is not None and state["pass_history"] is None:  # the run has split
+            history = None
+        elif history is not None:
+            history.load(state["pass_history"])
+        self.groups.copy_(state["groups"])
+        self.findings.load(state["findings"])
+        self.watch.load(state["watch"])
+        restore_rng_states(state["rng"], self.generator)
+        return history
 
 
 def load_state(path):

@@ -47,7 +47,7 @@ def synchronize(device):
 def resolve_precision(precision):
     """(the precision a run uses, why): --precision auto means fp32 on every device, the reference's numerics
     (PyTorch's defaults; TF32 convolutions where the GPU has them), since the parity study did not show bf16 autocast
-    equal to it on every label set (docs/precision.md); bf16 only when asked for."""
+    equal to it on every label set (studies/precision_study.md); bf16 only when asked for."""
     if precision == "auto":
         return "fp32", "--precision auto: fp32 on every device, the reference's numerics (see docs/precision.md)"
     return precision, f"--precision {precision}, as asked" + (

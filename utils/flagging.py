@@ -1,6 +1,6 @@
 """Which labels to flag, from the last full-set passes before the split: FLAGGED_CUT (flag_labels), what
-label_issues.csv flags and review.html shows, chosen by tools/flag_study.py among the cuts of tools/flag_cuts.py and
-confirmed on sources it never saw (docs/detection.md). detection.npy holds the reference's G4 (the lowest group of the
+label_issues.csv flags and review.html shows, chosen by studies/flag_study.py among the cuts of studies/flag_cuts.py and
+confirmed on sources it never saw (studies/flag_study.md). detection.npy holds the reference's G4 (the lowest group of the
 modified Otsu split of the agreement on the given label) unless asked for this column. numpy only."""
 import numpy as np
 
@@ -20,7 +20,7 @@ def disagree(probs, labels):
 
 
 # the teacher may accept the given label in this many of the last passes, and no more: none, chosen again on the
-# synthetic, digits, Fashion- and Animal-MNIST label sets by the worst row and confirmed on MNIST (docs/detection.md)
+# synthetic, digits, Fashion- and Animal-MNIST label sets by the worst row and confirmed on MNIST (studies/flag_study.md)
 TEACHER_SPARES = 0
 
 
@@ -35,7 +35,7 @@ def flag_labels(recent_probs, labels, teacher_predictions, spares=TEACHER_SPARES
     the given labels, predicted another class than the given one in all of those passes but `spares`
     (teacher_predictions, (passes, N)). The suggestion alone also disagrees with right labels of images the networks
     get wrong, which where few labels are wrong is much of what it flags; the teacher's steady refusal of the label
-    leaves most of those out (tools/flag_study.py, docs/detection.md). bool (N,)."""
+    leaves most of those out (studies/flag_study.py, studies/flag_study.md). bool (N,)."""
     labels, teacher_predictions = np.asarray(labels), np.asarray(teacher_predictions)
     refusals = np.sum(teacher_predictions != labels[None, :], axis=0)
     return disagree(np.asarray(recent_probs), labels) & (refusals >= len(teacher_predictions) - spares)

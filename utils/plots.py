@@ -132,13 +132,15 @@ def _image_name(index, file, width=22):
 def suspicious_figure(plt, images, table, truly_noisy, rows=4, cols=8, score_column="agreement_given"):
     """A rows x cols grid of the most suspicious training images in label_issues.csv order, each captioned with its
     score (the table's ranking column) and 'given → suggested'; the caption is orange where the given label is truly
-    wrong, blue where it is right, when that is known."""
-    n = min(rows * cols, len(table["index"]))
+    wrong, blue where it is right, when that is known. Images dropped by label fixes (group "dropped") are left out."""
+    shown = [k for k, group in enumerate(table["group"]) if group != "dropped"][:rows * cols]
+    n = len(shown)
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows + 0.6), squeeze=False)
-    for k, ax in enumerate(axes.flat):
+    for j, ax in enumerate(axes.flat):
         ax.axis("off")
-        if k >= n:
+        if j >= n:
             continue
+        k = shown[j]
         i = table["index"][k]
         given = table["given_class"][k] or table["given_label"][k]
         suggested = table["suggested_class"][k] or table["suggested_label"][k]

@@ -8,11 +8,11 @@ the log and metrics.json.
   more than FIT_SHARE of its whole rise so far; the tipping epoch is the highest confidence of the last PATIENCE + 1
   epochs. A real turn (the confidence falls) and a plateau both end the rise; a wiggle of a rising curve does not,
   and neither does a confidence that stalls while the networks still learn the labels (the training fit still
-  climbing). Chosen by tools/tipping_study.py (docs/tipping.md).
+  climbing). Chosen by studies/tipping_study.py (studies/tipping_study.md).
 - `reference`: the reference implementation's rule (utils.bkd.find_tipping_epoch), the first epoch whose confidence
   is strictly above its two neighbours on each side, for numbers to compare with the paper. It fires on wiggles.
 - `none`: never split (plain one-hot training throughout, nothing flagged: a baseline, and the recording runs of
-  tools/tipping_study.py)."""
+  studies/tipping_study.py)."""
 from typing import NamedTuple
 
 import numpy as np

@@ -1,6 +1,6 @@
-"""Train with a variant of bf16 autocast that keeps one part in fp32, to find where bf16 loses (tools/precision_study.py).
+"""Train with a variant of bf16 autocast that keeps one part in fp32, to find where bf16 loses (studies/precision_study.py).
 
-    python tools/precision_variant.py --variant fp32_head <the training script's flags>
+    python studies/precision_variant.py --variant fp32_head <the training script's flags>
 
 Runs blind_knowledge_dist_training.py exactly, with --precision bf16, and one change:
   fp32_head       the last layer (linear) runs in fp32 on fp32 features, so the logits, the losses, the soft
@@ -20,7 +20,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import blind_knowledge_dist_training as training  # noqa: E402
-from utils.cli import get_args_parser, run_main  # noqa: E402
+from flags import check_args, get_args_parser  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 
 VARIANTS = ("fp32_head", "fp32_batchnorm", "fp32_eval")
 
@@ -62,4 +63,4 @@ if __name__ == "__main__":
     if args.precision != "bf16":
         parser.error("argument --precision: the variants are of bf16 autocast; pass --precision bf16")
     patch(args.variant)
-    run_main(training.main, parser)  # metrics.json's args hold the variant
+    run_main(training.main, parser, check_args)  # metrics.json's args hold the variant

@@ -1,4 +1,4 @@
-"""The cuts tools/flag_study.py compares (study only: what ships is utils.flagging.flag_labels). Every cut is a pure
+"""The cuts studies/flag_study.py compares (study only: what ships is utils.flagging.flag_labels). Every cut is a pure
 function (agreement probabilities (N, C), given labels (N,)) -> bool (N,), True = flagged as wrong: the reference's
 G4, G3 + G4, the suggestion alone, confident learning (Northcutt, Jiang and Chuang, JAIR 2021) on BKD's
 probabilities, and as many of the lowest agreements as another cut flags. numpy only."""

@@ -1,9 +1,9 @@
 """What BKD's training buys: clean test accuracy of BKD against plain cross-entropy, same network, schedule and seeds.
 
-    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study   # see its --help
-    python tools/learning_study.py                       # every run it needs (reused when finished), then the tables
+    pip install -r studies/requirements.txt && python studies/make_study_npz.py --out ~/data/study   # see its --help
+    python studies/learning_study.py                       # every run it needs (reused when finished), then the tables
 
-Per label set, seed and schedule of the grid (tools/study.py: real image sources clean, with 20 % uniform and 25 %
+Per label set, seed and schedule of the grid (studies/study.py: real image sources clean, with 20 % uniform and 25 %
 pair flips, the demo's schedule and a long one): BKD with the default tipping rule, BKD with the reference's rule,
 BKD without a split (--tipping_rule none: the teacher and the blind student with their compensation loss, one-hot
 throughout) and plain cross-entropy (--recipe ce: one network of the same architecture in the same pipeline, the same
@@ -11,7 +11,7 @@ training split, augmentation, optimizer and schedule: what a user runs instead).
 the networks of its best noisy-validation epoch (validation every epoch), as learning.py reports them (--checkpoint
 best). Differences are paired by seed; p is the paired t-test's. The ground truth only scores: the plain network's
 fit of the wrong labels (the share of them its prediction matches, rising late when it memorises: its best and its
-final checkpoint, without augmentation) is printed per schedule. Chosen on the sources of tools/study.py CHOSEN_SOURCES; confirmed on NEW_SOURCES.
+final checkpoint, without augmentation) is printed per schedule. Chosen on the sources of studies/study.py CHOSEN_SOURCES; confirmed on NEW_SOURCES.
 """
 import argparse
 import json
@@ -275,7 +275,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     p.add_argument("--sources", nargs="+", default=list(CHOSEN_SOURCES + NEW_SOURCES),
-                   help=f"image sources of tools/make_study_npz.py, each {', '.join(NOISES)} (the memorise schedule: "
+                   help=f"image sources of studies/make_study_npz.py, each {', '.join(NOISES)} (the memorise schedule: "
                         f"their small versions, with wrong labels)")
     p.add_argument("--schedules", nargs="+", default=list(STUDY_SCHEDULES), choices=list(STUDY_SCHEDULES))
     p.add_argument("--noises", nargs="+", default=list(NOISES), choices=list(NOISES),
@@ -283,7 +283,7 @@ def main():
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                    help="which sides to train (a partial grid, trained first; the tables show '–' for a side not run)")
-    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where studies/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/learning_study", help="where the runs and study.md go")
     p.add_argument("--guard_settings", action="store_true",

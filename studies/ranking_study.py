@@ -1,9 +1,9 @@
 """Which labels are wrong, judged by the networks at the split or at the end of the run, against confident learning.
 
-    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study   # see its --help
-    python tools/ranking_study.py                        # every run it needs (reused when finished), then the tables
+    pip install -r studies/requirements.txt && python studies/make_study_npz.py --out ~/data/study   # see its --help
+    python studies/ranking_study.py                        # every run it needs (reused when finished), then the tables
 
-Per noisy label set, seed and schedule of the grid (tools/study.py; the runs are tools/learning_study.py's): the
+Per noisy label set, seed and schedule of the grid (studies/study.py; the runs are studies/learning_study.py's): the
 default rule's BKD run, its passes recorded (--record_passes): those before the split and the final networks' (a pass
 without augmentation and one with, as label_issues.csv is made). Every candidate ranking and cut of them
 (CANDIDATE_RANKINGS, CANDIDATE_CUTS: the split's, the final networks', both) is scored against the ground truth,
@@ -163,16 +163,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     p.add_argument("--sources", nargs="+", default=list(CHOSEN_SOURCES + NEW_SOURCES),
-                   help="image sources of tools/make_study_npz.py: their noisy label sets (the memorise schedule: their "
+                   help="image sources of studies/make_study_npz.py: their noisy label sets (the memorise schedule: their "
                         "small versions)")
     p.add_argument("--schedules", nargs="+", default=list(STUDY_SCHEDULES), choices=list(STUDY_SCHEDULES))
     p.add_argument("--noises", nargs="+", default=list(NOISY), choices=list(NOISY),
                    help="noisy label sets of each source (quoted: 'pair 25')")
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds")
-    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where studies/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/learning_study",
-                   help="tools/learning_study.py's: the runs are shared; the peer's trainings and ranking.md go there")
+                   help="studies/learning_study.py's: the runs are shared; the peer's trainings and ranking.md go there")
     p.add_argument("--peer_schedules", nargs="*", default=None, choices=list(STUDY_SCHEDULES),
                    help="the schedules the peer is trained on (default: every one; the tables show '–' for its "
                         "differences elsewhere, and the candidates against the split's all the same)")

@@ -1,10 +1,10 @@
 """Precision parity: does bf16 autocast change what BKD finds and how well it learns, against fp32 (the reference)?
 
-    python tools/precision_study.py                      # the whole study of docs/precision.md (hours on a CPU)
-    python tools/precision_study.py --noise_types worst --seeds 0 1 2 --variants   # a quick look: bf16 on worst
+    python studies/precision_study.py                      # the whole study of studies/precision_study.md (hours on a CPU)
+    python studies/precision_study.py --noise_types worst --seeds 0 1 2 --variants   # a quick look: bf16 on worst
 
 Trains the synthetic demo (run.sh's schedule) in fp32 and in bf16 with the same seeds, on each label set of
---noise_types, and the bf16 variants of --variants (tools/precision_variant.py: one part kept in fp32) on
+--noise_types, and the bf16 variants of --variants (studies/precision_variant.py: one part kept in fp32) on
 --variant_noise_types. Per label set and variant it prints the mean of clean test accuracy, detection F1 and the
 tipping epoch in fp32 and in the variant, and the paired difference over seeds (variant - fp32) with its 95 %
 interval and the paired t-test's p. Runs go to --results_dir/<device>/<variant>/ and are reused when finished, resumed
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from study import (ROOT, Run, add_arguments, data_flags, device_line, device_tag, markdown_table, mean_ci,  # noqa: E402
                    paired, pm, run_all, signed, stop_if_failed)
 
-VARIANTS = ("fp32_head", "fp32_batchnorm", "fp32_eval")  # tools/precision_variant.py
+VARIANTS = ("fp32_head", "fp32_batchnorm", "fp32_eval")  # studies/precision_variant.py
 PARITY_POINTS = 0.15  # a variant is at parity when its mean paired accuracy difference is within this, and p >= 0.05
 PARITY_SEEDS = 10  # over at least this many seeds
 
@@ -35,7 +35,7 @@ def make_run(args, variant, noise_type, seed):
     run_dir = os.path.join(results, f"{args.dataset}_{noise_type}_seed_{seed}")
     if variant in ("fp32", "bf16"):
         return Run(os.path.join(ROOT, "blind_knowledge_dist_training.py"), [*flags, "--precision", variant], run_dir)
-    return Run(os.path.join(ROOT, "tools", "precision_variant.py"), [*flags, "--precision", "bf16", "--variant", variant],
+    return Run(os.path.join(ROOT, "studies", "precision_variant.py"), [*flags, "--precision", "bf16", "--variant", variant],
                run_dir)
 
 

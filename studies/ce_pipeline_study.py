@@ -1,10 +1,10 @@
 """Plain cross-entropy in two pipelines: the studies' former loop against the training script's --recipe ce.
 
-    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study   # see its --help
-    python tools/ce_pipeline_study.py                    # every run it needs (reused when finished), then the table
+    pip install -r studies/requirements.txt && python studies/make_study_npz.py --out ~/data/study   # see its --help
+    python studies/ce_pipeline_study.py                    # every run it needs (reused when finished), then the table
 
-The learning study (tools/learning_study.py) measured plain cross-entropy with a loop of its own
-(tools/study.py train_one_network: the same network, training split, augmentation, batch size, optimizer and
+The learning study (studies/learning_study.py) measured plain cross-entropy with a loop of its own
+(studies/study.py train_one_network: the same network, training split, augmentation, batch size, optimizer and
 schedule, but its own code); it now trains it with --recipe ce, one network in the training script's own pipeline.
 Its tables were kept: this study says whether the two pipelines give the same clean test accuracy, on label sets of
 the grid, paired by seed (the former loop seeded as it always was), under the demo's and the long schedule. Final =
@@ -77,7 +77,7 @@ def main():
     p.add_argument("--label_sets", nargs="+", default=list(LABEL_SETS), help="label sets of the grid (quoted)")
     p.add_argument("--schedules", nargs="+", default=["demo", "long"], choices=list(STUDY_SCHEDULES))
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds")
-    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where studies/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/ce_pipeline_study", help="where the runs and study.md go")
     args = p.parse_args()

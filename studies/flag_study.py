@@ -1,20 +1,20 @@
 """Which labels to flag: cuts of BKD's own outputs against confident learning on K-fold out-of-fold probabilities.
 
-    pip install -r requirements-study.txt        # cleanlab, scikit-learn: this study's only, never the scripts'
-    python tools/make_study_npz.py --out ~/data/study
-    python tools/flag_study.py                    # chosen on: the recording runs, the K-fold peer, then study.md
-    python tools/flag_study.py --confirm          # confirmed on: real runs on sources round one had not seen
+    pip install -r studies/requirements.txt        # cleanlab, scikit-learn: this study's only, never the scripts'
+    python studies/make_study_npz.py --out ~/data/study
+    python studies/flag_study.py                    # chosen on: the recording runs, the K-fold peer, then study.md
+    python studies/flag_study.py --confirm          # confirmed on: real runs on sources round one had not seen
 
 Per label set and seed: the pass of the tipping epoch gives BKD's per-class agreement, student and teacher
-probabilities, and the teacher's predictions of the last passes. Each cut of them (tools/flag_cuts.py CUTS: the
+probabilities, and the teacher's predictions of the last passes. Each cut of them (studies/flag_cuts.py CUTS: the
 reference's G4, G3 + G4, suggested label != given, confident learning on the agreement, ...; the teacher's refusals
 of the label; the shipped utils.flagging.flag_labels) flags a set of labels, scored against the ground truth (which
 scores and never decides). The peer: the same network trained K times with cross-entropy on the other folds (K-fold
 cross-validation, as cleanlab's documentation recommends), its out-of-fold probabilities given to cleanlab's
 find_label_issues (its defaults), and, for a like-for-like reading, cleanlab on BKD's probabilities too.
-Chosen on: the recording runs of tools/tipping_study.py (synthetic, digits with look-alike flips; trained first where
+Chosen on: the recording runs of studies/tipping_study.py (synthetic, digits with look-alike flips; trained first where
 missing), --tipping_rule replayed on each. Confirmed on (--confirm): the real runs of the default rule that
-tools/tipping_study.py confirm trains on --label_sets (Fashion-MNIST and Animal-MNIST, uniform and pair flips; trained
+studies/tipping_study.py confirm trains on --label_sets (Fashion-MNIST and Animal-MNIST, uniform and pair flips; trained
 here where missing), cut at the split they made. Trainings are reused when finished. The table goes to
 --results_dir/study.md (confirm.md with --confirm).
 """
@@ -137,12 +137,12 @@ def main():
                    help="the rule whose tipping epoch's pass is cut")
     p.add_argument("--folds", type=int, default=5, help="K of the peer's K-fold cross-validation")
     p.add_argument("--confirm", action="store_true",
-                   help="cut the real runs of tools/tipping_study.py confirm on --label_sets (sources the cut was not "
+                   help="cut the real runs of studies/tipping_study.py confirm on --label_sets (sources the cut was not "
                         "chosen on) instead of the recording runs")
     p.add_argument("--label_sets", nargs="+", default=list(CONFIRMED_ON),
-                   help="with --confirm: label sets of tools/study.py (default: the confirmed-on ones)")
-    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
-    p.add_argument("--recordings", default="results/tipping_study", help="tools/tipping_study.py's --results_dir")
+                   help="with --confirm: label sets of studies/study.py (default: the confirmed-on ones)")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where studies/make_study_npz.py wrote its files")
+    p.add_argument("--recordings", default="results/tipping_study", help="studies/tipping_study.py's --results_dir")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/flag_study", help="where the peer's trainings and study.md go")
     args = p.parse_args()
@@ -160,7 +160,7 @@ def chosen(args):
     recordings = tipping_study.recording_runs(argparse.Namespace(
         sources=args.sources, schedules=[args.schedule], seeds=[str(seed) for seed in args.seeds],
         study_data=args.study_data, results_dir=args.recordings))
-    # the recording runs of the noisy label sets (tools/tipping_study.py record trains the clean ones too)
+    # the recording runs of the noisy label sets (studies/tipping_study.py record trains the clean ones too)
     stop_if_failed(run_all([recordings[s, n, args.schedule, str(seed)] for s, n, seed in cells], args.jobs,
                            label="recording runs"))
     peers = peer_runs(args, cells, schedule)
@@ -187,7 +187,7 @@ def chosen(args):
 
 def confirm(args):
     """{(label set, method): [score per seed]} on real runs of the default rule on sources round one had not seen: the
-    runs of tools/tipping_study.py confirm (trained here where missing), cut at the split they made."""
+    runs of studies/tipping_study.py confirm (trained here where missing), cut at the split they made."""
     runs = tipping_study.confirmation_runs(argparse.Namespace(
         label_sets=args.label_sets, seeds=[str(seed) for seed in args.seeds], study_data=args.study_data,
         results_dir=args.recordings, confirm_schedule=args.schedule))
@@ -271,7 +271,7 @@ def write_table(args, results):
         peer = np.mean([s["f1"] for s in results[name, peer_name]])
         return f"{f1:.3f}" + ("*" if f1 >= peer and method != peer_name else "")
     matrix = markdown_table(["method"] + label_sets, [[m] + [cell(n, m) for n in label_sets] for m in methods])
-    runs = (f"real runs of the {DEFAULT_RULE} rule (tools/tipping_study.py confirm), cut at their split" if args.confirm
+    runs = (f"real runs of the {DEFAULT_RULE} rule (studies/tipping_study.py confirm), cut at their split" if args.confirm
             else f"recording runs, tipping rule {args.tipping_rule} replayed")
     text = (f"Schedule {args.schedule}, {runs}, seeds {', '.join(map(str, args.seeds))}; {device_line()}. Mean ± 95 % "
             f"interval over seeds; the difference to the peer is paired by seed (p: paired t-test).\n\n"

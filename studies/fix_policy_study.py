@@ -1,8 +1,8 @@
 """Fix policies: what to do with BKD's findings without a reviewer, measured by retraining with each policy's fixes.
 
-    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study   # the label sets
-    python tools/fix_policy_study.py                  # chosen on the digits, confirmed on Fashion- and Animal-MNIST
-    python tools/fix_policy_study.py --label_sets "digits pair 25" --seeds 0 --policies drop      # a quick look
+    pip install -r studies/requirements.txt && python studies/make_study_npz.py --out ~/data/study   # the label sets
+    python studies/fix_policy_study.py                  # chosen on the digits, confirmed on Fashion- and Animal-MNIST
+    python studies/fix_policy_study.py --label_sets "digits pair 25" --seeds 0 --policies drop      # a quick look
 
 Per label set and seed: trains on the labels as they are (the default tipping rule, every full-set pass up to the
 split recorded), turns the run's detection into the fixes of each candidate policy (CANDIDATES, below) and into a
@@ -11,12 +11,12 @@ retrains with each, and reports clean test accuracy (mean ± 95 % interval over 
 paired by seed, and the worst seed's difference) and the share of wrong training labels before and after the fixes.
 
 Choose, then confirm. A policy is chosen on CHOSEN_ON (the digits, with three noise models) and confirmed on
-tools/study.py's CONFIRMED_ON (Fashion-MNIST, Animal-MNIST, MNIST: sources this choice had not seen; the flagged cut's
-second round was chosen on the first two later, docs/detection.md), in two tables. It
+studies/study.py's CONFIRMED_ON (Fashion-MNIST, Animal-MNIST, MNIST: sources this choice had not seen; the flagged cut's
+second round was chosen on the first two later, flag_study.md), in two tables. It
 qualifies where its paired mean is >= 0 and no seed is more than 0.5 points below "as is", on every label set of the
 part; the chosen policy is the qualifying one with the highest mean on the chosen-on part, and it would ship
 (detection.py writing its fixes) only if it also qualified on every confirmed-on label set: the worst confirmed row
-decides. None did (docs/review.md), so none ships. The ground truth only scores (and makes the reviewer's fixes); no candidate reads it.
+decides. None did (fix_policy_study.md), so none ships. The ground truth only scores (and makes the reviewer's fixes); no candidate reads it.
 Runs go to --results_dir and are reused when finished, resumed when interrupted: run it again to go on where it
 stopped. The tables go to --results_dir/study.md.
 Any data set with ground truth works too: --dataset npz --data_dir FILE.npz --noise_types given (one part, "given").
@@ -163,8 +163,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     p.add_argument("--label_sets", nargs="+", default=list(CHOSEN_ON + CONFIRMED_ON),
-                   help="label sets of tools/study.py (default: the chosen-on and the confirmed-on ones)")
-    p.add_argument("--study_data", default=STUDY_DATA, help="where tools/make_study_npz.py wrote its files")
+                   help="label sets of studies/study.py (default: the chosen-on and the confirmed-on ones)")
+    p.add_argument("--study_data", default=STUDY_DATA, help="where studies/make_study_npz.py wrote its files")
     p.add_argument("--dataset", default=None, help="instead: one data set with ground truth (synthetic, cifar10, npz...)")
     p.add_argument("--data_dir", default=None, help="its --data_dir, where it needs one")
     p.add_argument("--noise_path", default=None, help="its --noise_path (CIFAR-N label file), where it needs one")

@@ -1,8 +1,8 @@
 """Tipping-point rules: what the student's confidence curve says, and which rule finds the real turn.
 
-    pip install -r requirements-study.txt && python tools/make_study_npz.py --out ~/data/study
-    python tools/tipping_study.py record                  # recording runs: never split, every epoch's pass saved
-    python tools/tipping_study.py replay                  # every rule replayed on them: table and pictures
+    pip install -r studies/requirements.txt && python studies/make_study_npz.py --out ~/data/study
+    python studies/tipping_study.py record                  # recording runs: never split, every epoch's pass saved
+    python studies/tipping_study.py replay                  # every rule replayed on them: table and pictures
 
 `record` trains each label set, seed and schedule once with `--tipping_rule none --record_passes`: one-hot training
 throughout, the full-set pass of every epoch saved. Up to the split, a run of any rule is this run (the same seed
@@ -11,11 +11,10 @@ epoch it would split at, and the detection that epoch's pass gives (precision, r
 ground truth, which scores and never decides). Beside each rule it shows what the ground truth says about the curve:
 the onset of memorisation (the epoch after which the teacher fits more and more of the wrong labels: the minimum of
 the share of wrong labels it predicts) and the best epoch (the highest detection F1 of any epoch's pass).
-Sources: the synthetic stand-in (clean, aggre, worst, rand1) and scikit-learn's digits (tools/make_study_npz.py,
+Sources: the synthetic stand-in (clean, aggre, worst, rand1) and scikit-learn's digits (studies/make_study_npz.py,
 0, 5 and 25 % wrong labels). Runs are reused when finished and resumed when interrupted.
 """
 import argparse
-import glob
 import os
 import sys
 
@@ -315,7 +314,7 @@ CHOSEN_ON_CONFIRM = ("synthetic clean", "synthetic aggre", "synthetic worst", "s
 
 def confirmation_runs(args):
     """{(rule, label set, seed): Run}: the demo's runs (its schedule, all of the method) under each rule, every
-    full-set pass up to the split recorded (tools/flag_study.py confirm cuts the default rule's passes)."""
+    full-set pass up to the split recorded (studies/flag_study.py confirm cuts the default rule's passes)."""
     runs = {}
     for rule in ("reference", DEFAULT_RULE):
         for name in args.label_sets:
@@ -399,9 +398,9 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
     p.add_argument("--confirm_schedule", default="demo", choices=list(SCHEDULES), help="the confirmation runs' schedule")
     p.add_argument("--label_sets", nargs="+", default=list(CONFIRMED_ON),
-                   help="confirm: the label sets of tools/study.py (default: the confirmed-on ones, sources the rule "
+                   help="confirm: the label sets of studies/study.py (default: the confirmed-on ones, sources the rule "
                         f"was not chosen on; the real runs of those it was chosen on: {', '.join(CHOSEN_ON_CONFIRM)})")
-    p.add_argument("--study_data", default=STUDY_DATA, help="confirm: where tools/make_study_npz.py wrote its files")
+    p.add_argument("--study_data", default=STUDY_DATA, help="confirm: where studies/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (they share the CPU cores)")
     p.add_argument("--results_dir", default="results/tipping_study", help="where the runs and study.md go")
     args = p.parse_args()

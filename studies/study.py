@@ -1,4 +1,4 @@
-"""Shared by the studies (tools/*_study.py): the label sets they are chosen and confirmed on, many training runs, a
+"""Shared by the studies (studies/*_study.py): the label sets they are chosen and confirmed on, many training runs, a
 few at a time, each reused once finished and resumed where it stopped; paired statistics over seeds; markdown tables.
 
 A study is a grid of runs that differ in one thing (a rule, precision, label fixes) and share everything else,
@@ -6,7 +6,7 @@ including the seeds: the paired difference over seeds then measures that one thi
 A rule is chosen on some label sets and confirmed on others from sources that choice had not seen; the worst confirmed
 row decides. Which sources a choice has seen grows with every round: the first studies confirmed on CONFIRMED_ON, the
 flagged cut's second round was chosen on those too (so they no longer confirm anything), and the studies of the
-learning guard and the final judgement (tools/learning_study.py, tools/ranking_study.py) were chosen on all four
+learning guard and the final judgement (studies/learning_study.py, studies/ranking_study.py) were chosen on all four
 sources used so far (CHOSEN_SOURCES) and confirmed on drawings none of them had seen (NEW_SOURCES)."""
 import json
 import math
@@ -26,11 +26,11 @@ DEMO_FLAGS = ["--n_epoch", "24", "--lr", "0.1", "--lr_decay_every", "5", "--prin
 
 
 # ---------------------------------------------------------------------------- label sets
-STUDY_DATA = os.path.expanduser("~/data/study")  # where tools/make_study_npz.py writes its files
+STUDY_DATA = os.path.expanduser("~/data/study")  # where studies/make_study_npz.py writes its files
 # The tipping rule, the fix policies and the first round of the flagged cut were chosen on the synthetic stand-in
 # (CIFAR-10N's label sets) and scikit-learn's digits, and confirmed on Fashion-MNIST's photos and Animal-MNIST's
 # drawings, which the second round of the cut was then chosen on as well: only MNIST confirmed that round
-# (docs/detection.md). The studies that use CONFIRMED_ON today replay those rounds; new choices confirm on NEW_SOURCES.
+# (flag_study.md). The studies that use CONFIRMED_ON today replay those rounds; new choices confirm on NEW_SOURCES.
 CONFIRMING_SOURCES = ("fashion", "animals", "mnist")
 CONFIRMED_ON = ("fashion uniform 20", "fashion pair 25", "animals uniform 20", "animals pair 25", "mnist uniform 20",
                 "mnist pair 25")
@@ -38,7 +38,7 @@ CONFIRMED_ON = ("fashion uniform 20", "fashion pair 25", "animals uniform 20", "
 
 class LabelSet:
     """A label set of the studies by name: 'synthetic <noise type>' or '<source> <noise model> <percent>' (a file of
-    tools/make_study_npz.py in study_data). Its training flags, the folder its runs go to, and its run's name."""
+    studies/make_study_npz.py in study_data). Its training flags, the folder its runs go to, and its run's name."""
 
     def __init__(self, name, study_data=STUDY_DATA):
         self.name = name
@@ -66,12 +66,12 @@ class LabelSet:
         path = getattr(self, "path", None)
         if path is None or os.path.isfile(path):
             return None
-        return (f"{path}: no such file; make it with python tools/make_study_npz.py --out {os.path.dirname(path)} "
+        return (f"{path}: no such file; make it with python studies/make_study_npz.py --out {os.path.dirname(path)} "
                 f"(see its --help for what it needs)")
 
 
 # ---------------------------------------------------------------------------- the grid of the learning and ranking studies
-# tools/learning_study.py (clean test accuracy) and tools/ranking_study.py (which labels are wrong) share their runs:
+# studies/learning_study.py (clean test accuracy) and studies/ranking_study.py (which labels are wrong) share their runs:
 # every label set of these sources, clean and with wrong labels, under every schedule, seed and method
 CHOSEN_SOURCES = ("digits", "fashion", "animals", "mnist")  # what the choices of issues 37 and 38 were made on
 NEW_SOURCES = ("doodles", "emoji")  # drawings no choice saw: they confirm
@@ -81,7 +81,7 @@ STUDY_SCHEDULES = {  # name: the training flags (validation and test every epoch
     "demo": ["--n_epoch", "24", "--lr", "0.1", "--lr_decay_every", "5"] + EVERY_EPOCH,  # run.sh's demo
     "long": ["--n_epoch", "60", "--lr", "0.1", "--lr_decay_every", "30"] + EVERY_EPOCH,  # 30 epochs at 0.1, 30 at 0.01
     # the long schedule with a network large for the data (1.6 M parameters, 60 training images per class): one
-    # network with plain cross-entropy memorises the wrong labels there (tools/learning_study.py shows its fit of them)
+    # network with plain cross-entropy memorises the wrong labels there (studies/learning_study.py shows its fit of them)
     "memorise": ["--n_epoch", "60", "--lr", "0.1", "--lr_decay_every", "30", "--arch", "wide_cnn"] + EVERY_EPOCH,
 }
 # the memorise schedule's sources (their small versions), one chosen on and both new ones
@@ -97,7 +97,7 @@ TRAINING = os.path.join(ROOT, "blind_knowledge_dist_training.py")
 
 
 def label_sets(sources, noises=NOISES, schedule=None):
-    """The label sets of the sources (tools/make_study_npz.py's files), or, for the memorise schedule, those of the
+    """The label sets of the sources (studies/make_study_npz.py's files), or, for the memorise schedule, those of the
     sources' small versions that it has (SMALL_SOURCES)."""
     if schedule == "memorise":
         sources = [SMALL_SOURCES[s] for s in sources if s in SMALL_SOURCES]
@@ -171,9 +171,9 @@ def schedule_values(schedule):
 def train_one_network(data, train_positions, seed, schedule, on_epoch=None, arch="small_cnn"):
     """One network trained with plain cross-entropy on the noisy labels of data's images at train_positions, with the
     training script's augmentation, batches, optimizer (SGD, momentum 0.9, weight decay 5e-4) and schedule (a name of
-    STUDY_SCHEDULES or its flags), on the CPU: the peer's folds (tools/flag_study.py, cleanlab's cross-validation of
+    STUDY_SCHEDULES or its flags), on the CPU: the peer's folds (studies/flag_study.py, cleanlab's cross-validation of
     images the product's pipeline has no notion of), and the former plain cross-entropy of the learning study, which
-    --recipe ce replaced (tools/ce_pipeline_study.py compares the two). on_epoch(epoch, predict) is called after every epoch, where
+    --recipe ce replaced (studies/ce_pipeline_study.py compares the two). on_epoch(epoch, predict) is called after every epoch, where
     predict(images (N, S, S, 3) uint8) gives the network's softmax (N, C) without augmentation. Returns predict and
     the image-epochs it trained."""
     import torch
