@@ -1,5 +1,6 @@
 """The front page and the manual: the README stays short, its Quick start is the two set-up lines CI runs, every link
-of the README and docs/ resolves (tests/check_links.py), and every page of docs/ is linked from the README."""
+of the README, docs/, studies/ and tests/README.md resolves (tests/check_links.py), every page of docs/ and the
+studies' index are linked from the README, every manual page is short and the training script's main() too."""
 import ast
 import os
 import re

@@ -11,7 +11,7 @@
   `final_agreement_given` column. The table is ranked and flagged by the split (the default, --judge split) or by
   the final networks (--judge final: that ranking, and FINAL_CUT), except where they cannot be trusted (the watch
   after the split went back to the labels, their noisy-validation accuracy fell below the split's beyond its noise,
-  or they collapsed onto one class: utils.watch.distrust). On the confirming label sets of tools/ranking_study.py
+  or they collapsed onto one class: utils.watch.distrust). On the confirming label sets of studies/ranking_study.py
   the final networks flagged worse than the split on four of eight, so their pre-registered confirmation failed and
   the split judges by default (docs/detection.md). numpy, and torch for the passes."""
 import numpy as np
@@ -101,7 +101,7 @@ class Findings:
 
 
 def record_final(out_dir, passes):
-    """--record_passes: the final passes' logits, for tools/ranking_study.py (passes/final.npz)."""
+    """--record_passes: the final passes' logits, for studies/ranking_study.py (passes/final.npz)."""
     (pt, ps), (at, as_) = passes
     save_npz(f"{out_dir}/passes/final.npz", plain_teacher=pt.cpu().numpy(), plain_student=ps.cpu().numpy(),
              aug_teacher=at.cpu().numpy(), aug_student=as_.cpu().numpy())

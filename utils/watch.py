@@ -18,7 +18,7 @@ least NOISE_FLOOR points): `z = (after - before) / (noise * sqrt(1 / BASELINE + 
   naming learning.py --checkpoint best and --tipping_rule none. A run split before its networks learnt can end
   predicting one class without a fall to see (its level before the split was near chance). A sign only: nothing
   goes back on it.
-Chosen by tools/learning_study.py (docs/learning.md). Without a validation split (--val_ratio 0) nothing is watched."""
+Chosen by studies/learning_study.py (studies/learning_study.md). Without a validation split (--val_ratio 0) nothing is watched."""
 import math
 
 import numpy as np
