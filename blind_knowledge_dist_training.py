@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from flags import check_args, get_args_parser, load_data, run_dir
 from data import split_indices
 from data.pipeline import RunBatches
 from models import build_model
@@ -23,10 +24,9 @@ from utils import InputError, RunError, atomic_write
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split
 from utils.checkpoint import (STATE_FILE, Resumable, prepare_run_dir, save_checkpoint, save_json, save_npz, save_state,
                               saved_metrics)
-from flags import check_args, get_args_parser, load_data, run_dir
 from utils.cli import run_main
-from utils.dist import all_reduce, init_distributed, same_on_all_ranks, sync_buffers
 from utils import recipes
+from utils.dist import all_reduce, init_distributed, same_on_all_ranks, sync_buffers
 from utils.engine import (accuracies, agreement_pass, get_device, make_optimizer, prediction_reading, resolve_precision,
                           seed_everything, synchronize)
 from utils.findings import FINAL_CUT, FINAL_SEED, SPLIT_CUT, SPLIT_NAMES, Findings, record_final

@@ -13,12 +13,12 @@ import os
 
 import numpy as np
 
+from flags import check_args, get_args_parser, load_data, run_dir
 from data.fixes import as_row, file_sha256
 from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json, saved_metrics
 from utils.findings import FINAL_CUT, SPLIT_CUT
-from flags import check_args, get_args_parser, load_data, run_dir
 from utils.cli import run_main
 from utils.label_issues import (in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues,
                                 require_detection)

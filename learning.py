@@ -9,10 +9,10 @@ test_images) has nothing to evaluate: it says so and exits 0.
 """
 import torch
 
+from flags import check_args, get_args_parser, load_data, run_dir
 from data.pipeline import DeviceBatches, to_device_images
 from utils import InputError
 from utils.checkpoint import load_network, require_checkpoint
-from flags import check_args, get_args_parser, load_data, run_dir
 from utils.cli import run_main
 from utils.engine import accuracy, get_device, resolve_precision
 from utils.recipes import RECIPES

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from utils import InputError
 from flags import check_args, get_args_parser, load_data, run_dir
+from utils import InputError
 from utils.cli import run_main
 from utils.label_issues import in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues
 from utils.plots import (confidence_figure, precision_recall_figure, pyplot, save_figure, scores_figure,
