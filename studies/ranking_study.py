@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from utils.bkd import DegenerateSplit, assign_groups, otsu_split, precision_recall_f1  # noqa: E402
 from utils.flagging import flag_labels, probabilities  # noqa: E402
 from utils.metrics import auroc, average_precision, precision_at_k  # noqa: E402
-from utils.watch import collapsed_onto_one_class, distrust  # noqa: E402
+from utils.watch import collapsed_onto_one_class, has_collapsed, has_fallen  # noqa: E402
 
 PEER = "5-fold CE + cleanlab (peer)"
 
@@ -72,7 +72,7 @@ def evidence(run, data):
         with np.load(os.path.join(run.run_dir, "passes", f"epoch_{epoch:04d}.npz")) as z:
             held.append((probabilities(z["teacher_logits"], z["student_logits"])[0], z["teacher_logits"].argmax(1)))
     final = final_passes(run.run_dir, m)
-    # the watch's verdict (utils.watch.distrust); a run of before the watch: replayed (it had no guard); one of
+    # the watch's verdict (distrust); a run of before the watch: replayed (it had no guard); one of
     # before the collapse was watched: its final networks' plain pass tells whether they collapsed
     untrusted = distrust(m) is not None if "went_back" in m else any(watch_replay(m))
     untrusted = untrusted or ("val_top_class_share" not in m and collapsed_pass(*final[0], data.noisy_labels))
@@ -88,6 +88,20 @@ def evidence(run, data):
                      final_passes=2 * len(final) * n, found=found)
     e["metrics"] = m
     return e
+
+
+def distrust(metrics):
+    """Why the final networks of a run that split could not judge its labels under --judge final as this study
+    tested it (the split judged instead), or None: the run went back to the labels, its noisy-validation accuracy
+    fell after the split, or its networks collapsed onto one class. No ground truth. (studies/judge_study.py replaced
+    it: the final teacher now judges unless it memorised or collapsed.)"""
+    if metrics["went_back"] is not None:
+        return "the run went back to the labels"
+    if has_fallen(metrics):
+        return "the noisy-validation accuracy fell after the split"
+    if has_collapsed(metrics):
+        return "the networks collapsed onto one class"
+    return None
 
 
 def on_label(probs, labels):

@@ -85,7 +85,8 @@ STUDY_SCHEDULES = {  # name: the training flags (validation and test every epoch
     "memorise": ["--n_epoch", "60", "--lr", "0.1", "--lr_decay_every", "30", "--arch", "wide_cnn"] + EVERY_EPOCH,
 }
 # the memorise schedule's sources (their small versions), one chosen on and both new ones
-SMALL_SOURCES = {"fashion": "fashion-small", "doodles": "doodles-small", "emoji": "emoji-small"}
+SMALL_SOURCES = {"fashion": "fashion-small", "doodles": "doodles-small", "emoji": "emoji-small",
+                 "solar": "solar-small", "letters": "letters-small"}
 BKD_METHODS = {  # name: the training script's flags (the sources are own data: the robust recipe by default)
     "plateau": ["--tipping_rule", "plateau", "--record_passes"],  # the robust recipe, its guard on; its passes recorded
     "noguard": ["--tipping_rule", "plateau", "--no-guard", "--record_passes"],  # the plateau rule, never going back

@@ -249,7 +249,7 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path, monkeypatch):
     flagged = np.load(d / "detection.npy")
     assert flagged.shape == (100,) and not flagged[dropped].any()
     table = read_label_issues(d / "label_issues.csv", 100)
-    column = ranking_column(m)  # the ranking's score: the final networks' where they judged
+    column = ranking_column(m)  # the ranking's score: the final teacher's where it judged
     ranking = dict(zip(table["index"].tolist(), table[column].tolist()))
     assert table["index"][-5:].tolist() == sorted([1, 2, 4, 5, 7], key=lambda i: ranking[i])  # dropped: last, ranked
     assert table["group"][-5:] == ["dropped"] * 5 and not table["flagged"][-5:].any()
@@ -265,6 +265,7 @@ def test_run_with_fixes_end_to_end(fake_run, fake_cifar, tmp_path, monkeypatch):
     assert lines[2] == "truly noisy: 24"  # the reference's line as it is; the first line says what it counts
     written = json.loads((d / "detection.json").read_text())
     assert set(written.pop("final_ranking")) == {"auroc", "average_precision", "k", "precision_at_k"}
+    assert set(written.pop("final_teacher_ranking")) == {"auroc", "average_precision", "k", "precision_at_k"}
     column = written.pop("flagged_column")  # the flagged column of label_issues.csv, scored on the kept images too
     assert written == m["detection"] and column["images"] == 95 and column == dict(m["flagged"],
                                                                                  ranking=ranking_column(m))

@@ -20,6 +20,7 @@ def read_rows(path):
 
 
 FINAL = np.array([0.8, 0.02, 0.02, 0.4, 0.5])  # the final networks' agreement on each given label
+TEACHER = np.array([0.7, 0.01, 0.03, 0.35, 0.45])  # the final teacher's probability of each given label
 
 
 def small_table(path, groups=(1, 4, 4, 2, 3), class_names=("cat", "dog", "frog"), files=None, ranking=FINAL):
@@ -30,7 +31,7 @@ def small_table(path, groups=(1, 4, 4, 2, 3), class_names=("cat", "dog", "frog")
                        agreement_suggested=np.array([0.9, 0.8, 0.7, 0.6, 0.5]),
                        groups=None if groups is None else np.array(groups),
                        flagged=np.array([False, True, True, False, False]), class_names=class_names, files=files,
-                       final_given=FINAL, ranking=ranking)
+                       final_given=FINAL, final_teacher_given=TEACHER, ranking=ranking)
 
 
 def test_rows_sorted_by_the_ranking_ties_by_index(tmp_path):
@@ -38,11 +39,11 @@ def test_rows_sorted_by_the_ranking_ties_by_index(tmp_path):
     small_table(path, files=["a.png", "b.png", "c.png", "d,e.png", "ü.png"])
     header, *rows = read_rows(path)
     assert tuple(header) == COLUMNS
-    assert rows == [["1", "b.png", "1", "dog", "0", "cat", "0.02", "0.05", "0.8", "4", "True"],
-                    ["2", "c.png", "2", "frog", "1", "dog", "0.02", "0.05", "0.7", "4", "True"],
-                    ["3", "d,e.png", "2", "frog", "2", "frog", "0.4", "0.6", "0.6", "2", "False"],  # a comma, quoted
-                    ["4", "ü.png", "0", "cat", "2", "frog", "0.5", "0.3", "0.5", "3", "False"],
-                    ["0", "a.png", "0", "cat", "0", "cat", "0.8", "0.9", "0.9", "1", "False"]]
+    assert rows == [["1", "b.png", "1", "dog", "0", "cat", "0.02", "0.01", "0.05", "0.8", "4", "True"],
+                    ["2", "c.png", "2", "frog", "1", "dog", "0.02", "0.03", "0.05", "0.7", "4", "True"],
+                    ["3", "d,e.png", "2", "frog", "2", "frog", "0.4", "0.35", "0.6", "0.6", "2", "False"],  # quoted
+                    ["4", "ü.png", "0", "cat", "2", "frog", "0.5", "0.45", "0.3", "0.5", "3", "False"],
+                    ["0", "a.png", "0", "cat", "0", "cat", "0.8", "0.7", "0.9", "0.9", "1", "False"]]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written atomically
     small_table(path, ranking=None)  # without a ranking of its own: by the tipping pass's agreement
     assert [row[0] for row in read_rows(path)[1:]] == ["1", "2", "4", "3", "0"]
@@ -53,18 +54,22 @@ def test_empty_cells_without_names_files_or_groups(tmp_path):
     small_table(path, groups=None, class_names=None)
     header, *rows = read_rows(path)
     assert tuple(header) == COLUMNS and len(rows) == 5
-    assert rows[0] == ["1", "", "1", "", "0", "", "0.02", "0.05", "0.8", "", "True"]
+    assert rows[0] == ["1", "", "1", "", "0", "", "0.02", "0.01", "0.05", "0.8", "", "True"]
 
 
-def test_a_table_of_an_earlier_version_reads_without_the_final_column(tmp_path):
-    """label_issues.csv of a run of an earlier version (no final_agreement_given): read, the column as nan."""
+@pytest.mark.parametrize("left_out", [[7], [6, 7]])
+def test_a_table_of_an_earlier_version_reads_without_the_final_columns(tmp_path, left_out):
+    """label_issues.csv of a run of an earlier version (no final_teacher_given, or neither final column): read,
+    the columns it lacks as nan."""
     path = tmp_path / "label_issues.csv"
     small_table(path)
     rows = read_rows(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f, lineterminator="\n").writerows([row[:6] + row[7:] for row in rows])
+        csv.writer(f, lineterminator="\n").writerows([[c for i, c in enumerate(row) if i not in left_out]
+                                                      for row in rows])
     table = read_label_issues(path, 5)
-    assert np.isnan(table["final_agreement_given"]).all() and table["index"].tolist() == [1, 2, 3, 4, 0]
+    assert np.isnan(table["final_teacher_given"]).all() and table["index"].tolist() == [1, 2, 3, 4, 0]
+    assert np.isnan(table["final_agreement_given"]).all() == (6 in left_out)
     assert in_dataset_order(table, "agreement_given").tolist() == [0.9, 0.05, 0.05, 0.6, 0.3]
 
 
@@ -76,6 +81,7 @@ def test_read_back(tmp_path):
     assert in_dataset_order(table, "suggested_label").tolist() == [0, 0, 1, 2, 2]
     assert in_dataset_order(table, "agreement_given").tolist() == [0.9, 0.05, 0.05, 0.6, 0.3]
     assert in_dataset_order(table, "final_agreement_given").tolist() == FINAL.tolist()
+    assert in_dataset_order(table, "final_teacher_given").tolist() == TEACHER.tolist()
     assert table["flagged"].tolist() == [True, True, False, False, False]
     assert table["given_class"][:2] == ["dog", "frog"] and table["group"][:2] == ["4", "4"]
 
@@ -121,11 +127,12 @@ def test_run_writes_the_table(synthetic_run):
     table = read_label_issues(d / "label_issues.csv", N_SYNTHETIC)  # also checks: each index exactly once
     assert sorted(table["index"]) == list(range(N_SYNTHETIC))
     # most to least suspicious: ascending agreement on the given label of the tipping pass (the split judged this
-    # run, the default); the final networks' agreement is written beside it
+    # run, the default); the final networks' agreement and the final teacher's probability are written beside it
     m = json.loads((d / "metrics.json").read_text())
     assert m["judged_by"] == "split" and np.all(np.diff(table["agreement_given"]) >= 0)
-    assert np.all((table["final_agreement_given"] >= 0) & (table["final_agreement_given"] <= 1))
-    assert not np.array_equal(np.argsort(table["final_agreement_given"], kind="stable"), np.arange(N_SYNTHETIC))
+    for column in ("final_agreement_given", "final_teacher_given"):
+        assert np.all((table[column] >= 0) & (table[column] <= 1))
+        assert not np.array_equal(np.argsort(table[column], kind="stable"), np.arange(N_SYNTHETIC))
     # agreement_given is the tipping pass's, as detection_scores.npy (the reference's ranking)
     scores = np.load(d / "detection_scores.npy")
     a = table["agreement_given"]

@@ -116,15 +116,17 @@ def test_detection_script_reports_the_ranking(synthetic_run):
                         f"{column['flagged']}, precision {column['precision']:.4f}, recall {column['recall']:.4f}, "
                         f"F1 {column['f1']:.4f} (G4's F1 {m['f1']:.4f})")
     written = json.loads((d / "detection.json").read_text())
-    final = written["final_ranking"]
+    final, teacher = written["final_ranking"], written["final_teacher_ranking"]
     assert lines[7:] == [
         "ranking by detection_scores.npy (low agreement on the given label = suspicious):",
         f"AUROC is {m['auroc']:.4f}",
         f"average precision is {m['average_precision']:.4f}",
         f"precision at k = {m['truly_noisy']} (the number truly noisy) is {m['precision_at_k']:.4f}",
-        f"ranking by final_agreement_given (the final networks' agreement; --judge final orders label_issues.csv by "
-        f"it): AUROC {final['auroc']:.4f}, average precision {final['average_precision']:.4f}, precision at k = "
-        f"{final['k']} {final['precision_at_k']:.4f}",
+        f"ranking by final_teacher_given (the final teacher's probability of the label; label_issues.csv is ordered "
+        f"by it where the final teacher judged): AUROC {teacher['auroc']:.4f}, average precision "
+        f"{teacher['average_precision']:.4f}, precision at k = {teacher['k']} {teacher['precision_at_k']:.4f}",
+        f"ranking by final_agreement_given (the final networks' agreement): AUROC {final['auroc']:.4f}, average "
+        f"precision {final['average_precision']:.4f}, precision at k = {final['k']} {final['precision_at_k']:.4f}",
         f"suggested label = true label for {m['suggestion_correct']} of the {m['flagged_truly_noisy']} flagged "
         f"images that are truly mislabelled ({m['suggestion_accuracy']:.4f})",
         f"written: {d / 'detection.json'}",
@@ -132,11 +134,11 @@ def test_detection_script_reports_the_ranking(synthetic_run):
         "(docs/review.md); review review.html and train with the fixes it downloads",
         f"written: {d / 'review.html'} ({cards} images to review, {size / 2 ** 20:.1f} MB; open it in a browser)"]
     # detection.json: the numbers the training script stored, recomputed from the files of the run directory
-    final = written.pop("final_ranking")  # the final networks' ranking, from the table's column
     truly_noisy = load_dataset("synthetic", "worst", None).noise_or_not
-    by_hand = detection_report(np.zeros(N_SYNTHETIC, bool), in_dataset_order(table, "final_agreement_given"),
-                               truly_noisy)
-    assert final == {k: by_hand[k] for k in final} and final["auroc"] > m["auroc"]  # it ranks better here
+    for key, name in (("final_ranking", "final_agreement_given"), ("final_teacher_ranking", "final_teacher_given")):
+        final = written.pop(key)  # the final networks' rankings, from the table's columns
+        by_hand = detection_report(np.zeros(N_SYNTHETIC, bool), in_dataset_order(table, name), truly_noisy)
+        assert final == {k: by_hand[k] for k in final}
     assert written.pop("flagged_column") == dict(column, ranking="agreement_given") and written == m
     assert m["auroc"] > 0.85 and m["average_precision"] > 0.8  # BKD ranks the mislabelled images first
     assert m["suggestion_accuracy"] > 0.5  # far above chance (1 / 9 among the other classes)

@@ -537,3 +537,87 @@ def test_ranking_study_tables_with_and_without_the_peer():
     long = row("long", "rankings", "shipped: final agreement where trusted, else the split's")
     assert long[3] == "–" and long[-2] == "+0.050 ± 0.000"
     assert rs.PEER not in text.split("### Schedule long")[1]
+
+
+def test_the_judge_studys_sources_read_as_their_packages_bundle_them(tmp_path, monkeypatch):
+    """studies/make_study_npz.py's sources first used by the judge study: the solar cells (elpv-dataset's
+    load_dataset: images, defect probabilities, types) in 4 classes of type and defect; the letters drawn by a font
+    fontconfig lists, black on white, a capital and a small letter each; the split by font family, no family on both
+    sides."""
+    import types
+
+    import make_study_npz
+    utils_module = types.ModuleType("elpv_dataset.utils")
+    utils_module.load_dataset = lambda: (np.full((4, 300, 300), 255, np.uint8), np.array([0, 1 / 3, 2 / 3, 1.0]),
+                                         np.array(["mono", "poly", "mono", "poly"]))
+    monkeypatch.setitem(sys.modules, "elpv_dataset", types.ModuleType("elpv_dataset"))
+    monkeypatch.setitem(sys.modules, "elpv_dataset.utils", utils_module)
+    images, labels = make_study_npz.read_solar()
+    assert images.shape == (4, 300, 300) and images.max() == 1.0
+    assert [make_study_npz.SOLAR_CLASSES[k] for k in labels] == [
+        "monocrystalline, functional", "polycrystalline, functional", "monocrystalline, defective",
+        "polycrystalline, defective"]
+    fonts = sorted(p for p in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                               "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf") if os.path.isfile(p))
+    if not fonts:
+        pytest.skip("no DejaVu or Liberation font to draw letters with")
+    listed = "".join(f"{path}: Family{k},Other name\n" for k, path in enumerate(fonts))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=listed))
+    images, labels, family = make_study_npz.read_letters()
+    assert images.shape == (20 * len(fonts), 64, 64) and labels.tolist() == list(np.repeat(range(10), 2)) * len(fonts)
+    assert family.tolist() == list(np.repeat(range(len(fonts)), 20))
+    assert images[:, 0, :].min() == 1.0 and images.min() < 0.1  # white margins, black ink
+    groups = np.repeat(np.arange(10), 3)
+    train, test = make_study_npz.family_split(groups, 0.2, seed=0)
+    assert len(test) == 6 and sorted(np.concatenate([train, test]).tolist()) == list(range(30))
+    assert not set(groups[train]) & set(groups[test])
+
+
+def test_the_judge_studys_rule_and_gate_by_hand():
+    """studies/judge_study.py: the gate is the training script's verdict (a final teacher that gives the split's
+    flags their labels does not judge); the pre-registered rule ships the candidate only at or above the split's
+    AUROC and F1 on every confirming row, and reports the goal against the peer beside it (0.01 of slack on the demo's
+    schedule only)."""
+    import judge_study as js
+    y = np.array([0, 0, 1, 1])
+    e = dict(held_probs=np.eye(2)[[1, 0, 1, 0]], held_teacher=np.array([[1, 0, 1, 0]]),  # the split flags 0 and 3
+             final_teacher=np.eye(2)[[1, 0, 1, 0]] * 0.8 + 0.1, split_agree=np.full((4, 2), 0.5))
+    assert js.trusted(e, y)  # it refuses both flagged labels
+    assert js.gated(e, y)[1].tolist() == [True, False, False, True]
+    e["final_teacher"] = np.eye(2)[y] * 0.8 + 0.1  # it gives both their given class: memorised
+    assert not js.trusted(e, y) and js.gated(e, y)[1].tolist() == [True, False, False, True]  # the split's flags
+    assert js.gated(e, y)[0].tolist() == [-0.5] * 4  # and the split's ranking
+
+    def scores(auroc, f1):
+        return [dict(auroc=auroc + 0.01 * s, f1=f1 + 0.01 * s, seed=str(s)) for s in range(5)]
+    results = {("demo", "solar pair 25", js.TODAY): scores(0.80, 0.60),
+               ("demo", "solar pair 25", js.CANDIDATE): scores(0.82, 0.60),
+               ("demo", "solar pair 25", js.PEER): scores(0.825, 0.61),
+               ("long", "solar pair 25", js.TODAY): scores(0.80, 0.60),
+               ("long", "solar pair 25", js.CANDIDATE): scores(0.82, 0.62),
+               ("long", "solar pair 25", js.PEER): scores(0.81, 0.61)}
+    rows = [("demo", "solar pair 25"), ("long", "solar pair 25")]
+    ships, goal, lines = js.rule(results, rows)
+    assert ships and goal  # the demo's row is 0.005 and 0.01 below the peer: within its slack
+    assert lines[0] == "- demo, solar pair 25, auroc: - split's +0.020 (ok); - peer's -0.005 (ok)"
+    results["long", "solar pair 25", js.PEER] = scores(0.81, 0.625)
+    assert js.rule(results, rows)[:2] == (True, False)  # 0.005 below the peer on the long schedule: the goal fails
+    results["long", "solar pair 25", js.CANDIDATE] = scores(0.82, 0.599)
+    ships, goal, lines = js.rule(results, rows)
+    assert not ships and "f1: - split's -0.001 (BELOW)" in lines[-1]
+
+
+def test_distrust_names_why_the_final_networks_cannot_judge():
+    """studies/ranking_study.py's --judge final fell back to the split's judgement for each of these: going back
+    first, then a fall, then a collapse; a run with none of them (another warning only) was trusted."""
+    import ranking_study as rs
+    from utils.watch import FELL, collapse
+    distrust = rs.distrust
+    m = dict(went_back=None, warnings=["the split at epoch 5 (tipping epoch 1) looks premature: ..."])
+    assert distrust(m) is None
+    m["warnings"].append(collapse([0.9, 0.9, 0.9], 0.1, 0, 2))
+    assert distrust(m) == "the networks collapsed onto one class"
+    m["warnings"].append(f"{FELL} (epoch 3): ...")
+    assert distrust(m) == "the noisy-validation accuracy fell after the split"
+    m["went_back"] = dict(z=-2.0)
+    assert distrust(m) == "the run went back to the labels"

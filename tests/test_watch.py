@@ -204,20 +204,6 @@ def test_the_collapse_warning_comes_once_and_only_with_validation_labels():
     assert said == [split + 2] and m["val_every_epoch"][-1] == 12 and m["val_top_class_share"][-1] == 0.98
 
 
-def test_distrust_names_why_the_final_networks_cannot_judge():
-    """utils.findings falls back to the split's judgement for each of these: going back first, then a fall, then a
-    collapse; a run with none of them (another warning only) is trusted."""
-    from utils.watch import FELL, distrust
-    m = dict(went_back=None, warnings=["the split at epoch 5 (tipping epoch 1) looks premature: ..."])
-    assert distrust(m) is None
-    m["warnings"].append(collapse([0.9, 0.9, 0.9], 0.1, 0, 2))
-    assert distrust(m) == "the networks collapsed onto one class"
-    m["warnings"].append(f"{FELL} (epoch 3): ...")
-    assert distrust(m) == "the noisy-validation accuracy fell after the split"
-    m["went_back"] = dict(z=-2.0)
-    assert distrust(m) == "the run went back to the labels"
-
-
 def test_record_keeps_a_state_saved_before_the_collapse_was_watched():
     m = dict(val_every_epoch=[10.0, 20.0])  # a run resumed from a state without val_top_class_share
     Watch.record(m, 30.0, 0.4)
@@ -275,8 +261,8 @@ def record_states(monkeypatch):
 
 def train_fake_run(fake_cifar, tmp_path, capsys, *extra, recipe="robust"):
     """The fake CIFAR-10 run that splits (tests/test_resume.py's), in-process, under the recipe (the robust one: the
-    plateau rule and the guard), judged by the final networks where they can be trusted (--judge final); (its log,
-    its folder, its metrics)."""
+    plateau rule and the guard), judged by the final teacher where it did not memorise or collapse (--judge final);
+    (its log, its folder, its metrics)."""
     import json
     import signal
 
@@ -288,7 +274,7 @@ def train_fake_run(fake_cifar, tmp_path, capsys, *extra, recipe="robust"):
     flags = ["--dataset", "cifar10", "--arch", "small_cnn", "--data_dir", fake_cifar["dir"], "--noise_path",
              tmp_path / "labels.pt", "--n_epoch", 30, "--lr", 0.1, "--lr_decay_every", 5, "--batch_size", 16,
              "--print_freq", 1000, "--noisy_val_freq", 3, "--clean_test_freq", 5, "--results_dir", tmp_path / "r",
-             "--judge", "final", "--recipe", recipe, *extra]  # the split judges only where the finals are distrusted
+             "--judge", "final", "--recipe", recipe, *extra]
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     parser = get_args_parser("test")
     try:
@@ -305,8 +291,10 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     """The default rule on the fake CIFAR-10 run that splits (tests/test_resume.py's), its noisy-validation accuracy
     made to fall by 30 points in every epoch after the split, and its validation predictions to fall onto one class:
     the log warns of both at the epoch and again in the final summary, metrics.json keeps them, the run goes back to
-    the networks of the split and the given labels, and label_issues.csv stays the split's judgement (ranked by the
-    tipping pass, the split's flags). Before the split the shares are the validation pass's own."""
+    the networks of the split and the given labels, and label_issues.csv is the final teacher's judgement (it went
+    back but did not memorise the labels the split flagged): ranked by its probability of the given label, flagged
+    where its prediction (two passes averaged) is another class. Before the split the shares are the validation
+    pass's own."""
     from utils.label_issues import in_dataset_order, read_label_issues
     real_check = Watch.check
 
@@ -316,7 +304,7 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     monkeypatch.setattr(Watch, "check", falling)
     collapse_after_the_split(monkeypatch)
     states = record_states(monkeypatch)
-    out, d, m = train_fake_run(fake_cifar, tmp_path, capsys)
+    out, d, m = train_fake_run(fake_cifar, tmp_path, capsys, "--record_passes")
     found = m["tipping_found_epoch"]
     assert m["tipping_rule"] == "plateau" and found is not None and found < 26
     assert m["went_back"] is not None and m["went_back"]["z"] < -GUARD_Z
@@ -339,10 +327,20 @@ def test_a_run_whose_accuracy_falls_after_the_split_warns_and_goes_back(fake_cif
     assert len(shares) == len(m["val_every_epoch"]) == 30 and all(0 < v <= 1 for v in shares[:found + 1])
     for warning in went_back + fell + collapsed:  # at the epoch and in the final summary
         assert out.count(f"WARNING: {warning}") == 2
-    assert m["judged_by"] == "split" and "judged by the split (the run went back to the labels)" in out
+    # going back says the soft targets hurt, not that the final networks judge badly: the final teacher, which
+    # trained on the labels after going back and did not memorise those the split flagged, judges
+    assert m["judged_by"] == "final_teacher" and "did not memorise them" in m["judge_reason"]
+    assert f"label_issues.csv: judged by the final teacher ({m['judge_reason']})" in out
     table = read_label_issues(d / "label_issues.csv", 100)
-    assert np.array_equal(table["index"], np.argsort(np.load(d / "detection_scores.npy"), kind="stable"))
-    assert in_dataset_order(table, "flagged").sum() == m["split_flagged"]["flagged"] == m["flagged"]["flagged"]
+    with np.load(d / "passes" / "final.npz") as z:  # the final teacher's softmax, its two passes averaged
+        teacher = np.mean([torch.softmax(torch.as_tensor(z[f"{k}_teacher"]).double(), 1).numpy()
+                           for k in ("plain", "aug")], axis=0)
+    labels = in_dataset_order(table, "given_label")
+    assert np.array_equal(in_dataset_order(table, "flagged"), teacher.argmax(axis=1) != labels)
+    assert np.array_equal(in_dataset_order(table, "suggested_label"), teacher.argmax(axis=1))
+    assert np.allclose(in_dataset_order(table, "final_teacher_given"), teacher[np.arange(100), labels], rtol=1e-5)
+    assert np.array_equal(table["index"], np.argsort(in_dataset_order(table, "final_teacher_given"), kind="stable"))
+    assert in_dataset_order(table, "flagged").sum() == m["flagged"]["flagged"] > 0
 
 
 @pytest.mark.slow
@@ -393,11 +391,15 @@ def test_under_the_reference_recipe_a_fall_warns_where_the_guard_would_have_gone
 
 
 @pytest.mark.slow
-def test_a_collapsing_run_warns_and_its_final_networks_do_not_judge(fake_cifar, tmp_path, monkeypatch, capsys):
+def test_a_collapsing_run_warns_and_a_collapsed_or_memorised_final_teacher_does_not_judge(fake_cifar, tmp_path,
+                                                                                         monkeypatch, capsys):
     """Without the guard (nothing goes back), a run whose validation predictions fall onto one class after the split
-    warns once, at the epoch and in the summary, and with --judge final its labels are judged by the split, saying
-    why."""
-    from utils.watch import distrust, has_collapsed
+    warns once, at the epoch and in the summary. Who judges its labels is read off the final teacher's own passes: the
+    validation's collapse alone leaves the final teacher judging; a final teacher that puts every image in one class,
+    or one that gives every label its given class (it memorised them), leaves the split judging, saying why."""
+    import blind_knowledge_dist_training as script
+    from utils.label_issues import in_dataset_order, read_label_issues
+    from utils.watch import has_collapsed
     collapse_after_the_split(monkeypatch)
     out, d, m = train_fake_run(fake_cifar, tmp_path, capsys, "--no-guard")
     found = m["tipping_found_epoch"]
@@ -405,4 +407,28 @@ def test_a_collapsing_run_warns_and_its_final_networks_do_not_judge(fake_cifar, 
     collapsed = [w for w in m["warnings"] if w.startswith(COLLAPSED)]
     assert len(collapsed) == 1 and f"at epoch {found + COLLAPSE_EPOCHS} they put 100% of the" in collapsed[0]
     assert out.count(f"WARNING: {collapsed[0]}") == 2
-    assert m["judged_by"] == "split" and f"judged by the split ({distrust(m)})" in out
+    assert m["judged_by"] == "final_teacher" and "did not collapse" in m["judge_reason"]
+    real_passes = script.final_passes
+
+    def collapsed_teacher(*args):  # the teacher's logits of both passes: class 3 for every image
+        return [(torch.nn.functional.one_hot(torch.full((len(t),), 3), t.shape[1]).to(t.dtype) * 10, s)
+                for t, s in real_passes(*args)]
+    monkeypatch.setattr(script, "final_passes", collapsed_teacher)
+    (tmp_path / "collapsed").mkdir()
+    out, d, m = train_fake_run(fake_cifar, tmp_path / "collapsed", capsys, "--no-guard")
+    assert m["judged_by"] == "split" and "puts 100% of the images in one class" in m["judge_reason"]
+    assert f"label_issues.csv: judged by the split ({m['judge_reason']})" in out
+    table = read_label_issues(d / "label_issues.csv", 100)
+    assert np.array_equal(table["index"], np.argsort(np.load(d / "detection_scores.npy"), kind="stable"))
+    assert in_dataset_order(table, "flagged").sum() == m["split_flagged"]["flagged"] == m["flagged"]["flagged"]
+    given = (fake_cifar["labels10"] + np.arange(100) % 3 // 2) % 10  # train_fake_run's labels, as the full set has them
+
+    def memorised_teacher(*args):  # the teacher's logits of both passes: the given label of every image
+        return [(torch.nn.functional.one_hot(torch.as_tensor(given), t.shape[1]).to(t.dtype) * 10, s)
+                for t, s in real_passes(*args)]
+    monkeypatch.setattr(script, "final_passes", memorised_teacher)
+    (tmp_path / "memorised").mkdir()
+    out, d, m = train_fake_run(fake_cifar, tmp_path / "memorised", capsys, "--no-guard")
+    flagged = m["split_flagged"]["flagged"]
+    assert m["judged_by"] == "split" and f"gives 100% of the {flagged} labels" in m["judge_reason"]
+    assert "memorised them" in m["judge_reason"] and m["flagged"]["flagged"] == m["split_flagged"]["flagged"]

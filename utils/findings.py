@@ -3,17 +3,15 @@
 - At the split: the reference's detection, unchanged so that challenge and paper numbers stay comparable:
   `detection.npy` (G4 of the modified Otsu split of the tipping pass's agreement on each given label) and
   `detection_scores.npy` (that agreement). The run also keeps what the passes held at the split suggest and flag
-  (utils.flagging.flag_labels): the fallback of the end of the run.
-- At the end of the run: label_issues.csv, with the final networks' agreement on every label beside the split's:
-  two full-set passes of both networks, trained on to the end of the schedule with the suspected labels
-  down-weighted and the learning rate decayed (one pass without augmentation, one with crops and flips drawn from a
-  generator seeded by the run's seed, so a resumed run makes the same passes): FINAL_RANKING, the
-  `final_agreement_given` column. The table is ranked and flagged by the split (the default, --judge split) or by
-  the final networks (--judge final: that ranking, and FINAL_CUT), except where they cannot be trusted (the watch
-  after the split went back to the labels, their noisy-validation accuracy fell below the split's beyond its noise,
-  or they collapsed onto one class: utils.watch.distrust). On the confirming label sets of studies/ranking_study.py
-  the final networks flagged worse than the split on four of eight, so their pre-registered confirmation failed and
-  the split judges by default (docs/detection.md). numpy, and torch for the passes."""
+  (utils.flagging.flag_labels): the judgement of the reference recipe, and the fallback of the final teacher's.
+- At the end of the run: label_issues.csv, with the final networks' agreement on every label and the final teacher's
+  probability of it beside the split's: two full-set passes of both networks, trained on to the end of the schedule
+  (one pass without augmentation, one with crops and flips drawn from a generator seeded by the run's seed, so a
+  resumed run makes the same passes). The table is ranked and flagged by the split (--judge split, the default) or
+  by the final teacher (--judge final: FINAL_RANKING and FINAL_CUT), except where the final teacher memorised the
+  labels the split flagged or collapsed onto one class (final_teacher_verdict): then by the split. The final teacher
+  ranked better than the split on every confirming row of studies/judge_study.py but flagged worse on one, so its
+  pre-registered rule kept the split as the default (studies/judge_study.md). numpy, and torch for the passes."""
 import numpy as np
 import torch
 
@@ -21,11 +19,49 @@ from utils.bkd import DegenerateSplit, assign_groups, otsu_split
 from utils.checkpoint import save_npy, save_npz
 from utils.flagging import FLAGGED_CUT as SPLIT_CUT, flag_labels
 from utils.label_issues import as_written, write_label_issues
+from utils.watch import collapse_level, largest_share
 
 SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "threshold")
-FINAL_RANKING = "the final networks' agreement on the given label, averaged over a pass without augmentation and one with"
-FINAL_CUT = "suggested label != given, the teacher predicting another class in both final passes"
+FINAL_RANKING = ("the final teacher's probability of the given label, averaged over a pass without augmentation and "
+                 "one with")
+FINAL_CUT = "the final teacher predicting another class than the given one (its two passes averaged)"
+EARLIER_FINAL_CUT = "suggested label != given, the teacher predicting another class in both final passes"  # --judge
+# final of versions before the final teacher judged: the final networks' agreement
 FINAL_SEED = 100003  # the augmented final pass draws its crops and flips from seed * FINAL_SEED + the last epoch
+
+
+# the final teacher memorised when it gives more than this share of the labels the split flagged their given class (set
+# before the confirming runs of studies/judge_study.md, not fitted)
+MEMORISED_FIT = 0.5
+
+
+def memorised(teacher_predicted, labels, split_flagged, level=MEMORISED_FIT):
+    """Whether the final teacher memorised the labels the split believed wrong: it predicts the given class for more
+    than `level` of the labels the split flagged (a network that learnt the images' classes, not their labels,
+    refuses most of them). No ground truth; False where the split flagged nothing."""
+    split_flagged = np.asarray(split_flagged, dtype=bool)
+    if not split_flagged.any():
+        return False
+    return bool(np.mean(np.asarray(teacher_predicted)[split_flagged] == np.asarray(labels)[split_flagged]) > level)
+
+
+def final_teacher_verdict(teacher_predicted, labels, split_flagged):
+    """(whether the final teacher may judge the labels, why, in words): not where it memorised the labels the split
+    flagged (memorised) or puts more images in one class than utils.watch's collapse level for the labels' largest
+    class. Arrays over the images that count (label fixes' dropped ones left out)."""
+    teacher_predicted, labels = np.asarray(teacher_predicted), np.asarray(labels)
+    split_flagged = np.asarray(split_flagged, dtype=bool)
+    top, level = largest_share(teacher_predicted), collapse_level(largest_share(labels))
+    if top > level:
+        return False, (f"the final teacher puts {top:.0%} of the images in one class, above the collapse level "
+                       f"{level:.0%}: it collapsed")
+    n = int(split_flagged.sum())
+    fit = float(np.mean(teacher_predicted[split_flagged] == labels[split_flagged])) if n else 0.0
+    if memorised(teacher_predicted, labels, split_flagged):
+        return False, (f"the final teacher gives {fit:.0%} of the {n} labels the split flagged their given class "
+                       f"(more than {MEMORISED_FIT:.0%}): it memorised them")
+    return True, (f"the final teacher gives {fit:.0%} of the {n} labels the split flagged their given class (at "
+                  f"most {MEMORISED_FIT:.0%}: it did not memorise them) and did not collapse onto one class")
 
 
 def split_groups(scores, kept):
@@ -65,29 +101,36 @@ class Findings:
         return g4, flagged, split
 
     @torch.inference_mode()
-    def final(self, passes, final_judges):
+    def final(self, passes, judge):
         """label_issues.csv at the end of the run: `passes`, [(teacher logits, student logits)] of the final networks
-        over the full set (N, C each), their agreement on each label written beside the split's; ranked and flagged
-        by them where `final_judges` (--judge final, and they can be trusted), else by the split. Writes the table
-        (and detection.npy with --detection_npy flagged); returns (the ranking score: agreement on the given label,
-        the flags, which of the two judged: "final" or "split", the suggested labels)."""
+        over the full set (N, C each), their agreement on each label and the teacher's probability of it written
+        beside the split's; ranked and flagged by the final teacher where `judge` is "final" and
+        final_teacher_verdict lets it, else by the split. Writes the table (and detection.npy with --detection_npy
+        flagged); returns (the ranking score, the flags, who judged: "final_teacher" or "split", the suggested
+        labels, why the final teacher judged or not: None with --judge split)."""
         kept, labels = self.data.kept, self.data.noisy_labels
+        rows = np.arange(len(labels))
         agreement = np.mean([torch.softmax(t.double() + s.double(), dim=1).cpu().numpy() for t, s in passes], axis=0)
-        teacher_predicted = np.stack([t.argmax(dim=1).cpu().numpy() for t, _ in passes])
-        final_given = as_written(agreement[np.arange(len(labels)), labels])  # the file's order is its scores' order
-        if final_judges:
-            judged, ranking, flagged = "final", final_given, flag_labels(agreement, labels, teacher_predicted) & kept
-            suggested, agreement_suggested = agreement.argmax(axis=1), agreement.max(axis=1)
+        teacher = np.mean([torch.softmax(t.double(), dim=1).cpu().numpy() for t, _ in passes], axis=0)
+        teacher_predicted = teacher.argmax(axis=1)
+        final_given = as_written(agreement[rows, labels])  # the file's order is its scores' order
+        teacher_given = as_written(teacher[rows, labels])
+        trusted, why = (final_teacher_verdict(teacher_predicted[kept], labels[kept], self.split["flagged"][kept])
+                        if judge == "final" else (False, None))
+        if trusted:
+            judged, ranking, flagged = "final_teacher", teacher_given, (teacher_predicted != labels) & kept
+            suggested, agreement_suggested = teacher_predicted, agreement[rows, teacher_predicted]
         else:
             judged, ranking, flagged = "split", self.split["scores"], self.split["flagged"]
             suggested, agreement_suggested = self.split["suggested"], self.split["agreement_suggested"]
         if self.main_process:
             write_label_issues(f"{self.out_dir}/label_issues.csv", labels, suggested, self.split["scores"],
                                agreement_suggested, self.split["groups"], flagged, self.data.class_names,
-                               self.data.train_files, self.data.dropped, final_given=final_given, ranking=ranking)
+                               self.data.train_files, self.data.dropped, final_given=final_given,
+                               final_teacher_given=teacher_given, ranking=ranking)
             if self.detection_npy == "flagged":
                 save_npy(f"{self.out_dir}/detection.npy", flagged)
-        return as_written(ranking), flagged, judged, suggested  # its scores as a reader of the file gets them
+        return as_written(ranking), flagged, judged, suggested, why  # its scores as a reader of the file gets them
 
     def state(self):
         return None if self.split is None else {k: (None if v is None else torch.as_tensor(v))

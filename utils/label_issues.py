@@ -10,8 +10,10 @@ import numpy as np
 from utils import InputError, atomic_write, printable_path
 
 COLUMNS = ("index", "file", "given_label", "given_class", "suggested_label", "suggested_class",
-           "final_agreement_given", "agreement_given", "agreement_suggested", "group", "flagged")
-EARLIER_COLUMNS = COLUMNS[:6] + COLUMNS[7:]  # a run of an earlier version: no final_agreement_given (read as nan)
+           "final_agreement_given", "final_teacher_given", "agreement_given", "agreement_suggested", "group", "flagged")
+# the tables of earlier versions: no final_teacher_given, and before that no final_agreement_given (read as nan)
+EARLIER_COLUMNS = (COLUMNS[:7] + COLUMNS[8:], COLUMNS[:6] + COLUMNS[8:])
+FINAL_COLUMNS = ("final_agreement_given", "final_teacher_given")
 
 
 def suspicion_order(ranking, dropped=None):
@@ -22,10 +24,11 @@ def suspicion_order(ranking, dropped=None):
 
 
 def ranking_column(metrics):
-    """The column of label_issues.csv that orders it, from the run's metrics.json: final_agreement_given where the
-    final networks judged the labels, agreement_given (the tipping pass's) where the split did or the run predates
-    the final judgement."""
-    return "final_agreement_given" if metrics.get("judged_by") == "final" else "agreement_given"
+    """The column of label_issues.csv that orders it, from the run's metrics.json: final_teacher_given where the
+    final teacher judged the labels, final_agreement_given where the final networks did (--judge final of earlier
+    versions), agreement_given (the tipping pass's) where the split did or the run predates the final judgement."""
+    return {"final_teacher": "final_teacher_given", "final": "final_agreement_given"}.get(metrics.get("judged_by"),
+                                                                                          "agreement_given")
 
 
 def as_written(values):
@@ -42,23 +45,25 @@ def _names(labels, class_names):
 
 
 def write_label_issues(path, given, suggested, agreement_given, agreement_suggested, groups, flagged,
-                       class_names=None, files=None, dropped=None, final_given=None, ranking=None):
+                       class_names=None, files=None, dropped=None, final_given=None, ranking=None,
+                       final_teacher_given=None):
     """Write the table to `path` atomically, sorted by `ranking` (ascending: low = suspicious; default
     agreement_given). Arrays are length N in dataset order; `final_given` is the final networks' agreement on each
-    given label (nan where None), `groups` (1..4) is None when the detection split was impossible, `class_names` and
+    given label and `final_teacher_given` the final teacher's probability of it (nan where None), `groups` (1..4) is None when the detection split was impossible, `class_names` and
     `files` are None where the data set has none (empty cells), `dropped` (bool) marks images that label fixes
     dropped: their group reads "dropped" and they come last. Agreements are written with 6 significant digits; files
     as utils.printable_path writes them."""
     given, suggested = np.asarray(given, dtype=np.int64), np.asarray(suggested, dtype=np.int64)
     agreement_given = np.asarray(agreement_given, dtype=np.float64)
-    final_given = np.full(len(given), np.nan) if final_given is None else np.asarray(final_given, dtype=np.float64)
+    final_given, final_teacher_given = (np.full(len(given), np.nan) if a is None else np.asarray(a, dtype=np.float64)
+                                        for a in (final_given, final_teacher_given))
     ranking = agreement_given if ranking is None else np.asarray(ranking, dtype=np.float64)
     agreement_suggested = np.asarray(agreement_suggested, dtype=np.float64)
     flagged = np.asarray(flagged, dtype=bool)
     n = len(given)
     arrays = dict(suggested=suggested, agreement_given=agreement_given, agreement_suggested=agreement_suggested,
                   flagged=flagged, groups=groups, files=files, dropped=dropped, final_given=final_given,
-                  ranking=ranking)
+                  final_teacher_given=final_teacher_given, ranking=ranking)
     for name, a in arrays.items():
         if a is not None and len(a) != n:
             raise ValueError(f"write_label_issues: {name} has {len(a)} entries, given has {n}")
@@ -71,7 +76,9 @@ def write_label_issues(path, given, suggested, agreement_given, agreement_sugges
     columns = [order.tolist(),
                [""] * n if files is None else [printable_path(files[i]) for i in order],
                g.tolist(), _names(g, class_names), s.tolist(), _names(s, class_names),
-               np.char.mod("%.6g", final_given[order]).tolist(), np.char.mod("%.6g", agreement_given[order]).tolist(),
+               np.char.mod("%.6g", final_given[order]).tolist(),
+               np.char.mod("%.6g", final_teacher_given[order]).tolist(),
+               np.char.mod("%.6g", agreement_given[order]).tolist(),
                np.char.mod("%.6g", agreement_suggested[order]).tolist(),
                list(group_cells), np.where(flagged[order], "True", "False").tolist()]
     buf = io.StringIO()
@@ -83,8 +90,8 @@ def write_label_issues(path, given, suggested, agreement_given, agreement_sugges
 
 def read_label_issues(path, n):
     """The table at `path` as a dict of numpy arrays in the file's order (most suspicious first): index,
-    given_label, suggested_label (int), final_agreement_given (nan in a table of an earlier version),
-    agreement_given, agreement_suggested (float), flagged (bool), plus the text columns file, given_class,
+    given_label, suggested_label (int), final_agreement_given, final_teacher_given (nan in a table of an earlier
+    version that lacks them), agreement_given, agreement_suggested (float), flagged (bool), plus the text columns file, given_class,
     suggested_class, group (lists of str). Checks it has N rows, each index once."""
     if not os.path.isfile(path):
         raise _not_split(path)
@@ -95,18 +102,19 @@ def read_label_issues(path, n):
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
-    if header not in (COLUMNS, EARLIER_COLUMNS):
+    if header not in (COLUMNS, *EARLIER_COLUMNS):
         raise InputError(f"{path}: expected the columns {', '.join(COLUMNS)}; got {', '.join(header) or 'none'}")
     if len(rows) != n or any(len(r) != len(header) for r in rows):
         raise InputError(f"{path}: expected {n} rows of {len(header)} cells (one per training image), "
                          f"got {len(rows)} rows; the file does not belong to this data set")
     cells = dict(zip(header, zip(*rows))) if rows else {c: () for c in header}
-    cells.setdefault("final_agreement_given", ("nan",) * len(rows))
+    for column in FINAL_COLUMNS:
+        cells.setdefault(column, ("nan",) * len(rows))
     try:
         table = dict(index=np.array(cells["index"], dtype=np.int64),
                      given_label=np.array(cells["given_label"], dtype=np.int64),
                      suggested_label=np.array(cells["suggested_label"], dtype=np.int64),
-                     final_agreement_given=np.array(cells["final_agreement_given"], dtype=np.float64),
+                     **{c: np.array(cells[c], dtype=np.float64) for c in FINAL_COLUMNS},
                      agreement_given=np.array(cells["agreement_given"], dtype=np.float64),
                      agreement_suggested=np.array(cells["agreement_suggested"], dtype=np.float64),
                      flagged=np.array([v == "True" for v in cells["flagged"]], dtype=bool),

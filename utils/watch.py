@@ -95,19 +95,6 @@ def has_collapsed(metrics):
     return any(w.startswith(COLLAPSED) for w in metrics["warnings"])
 
 
-def distrust(metrics):
-    """Why the final networks of a run that split cannot judge its labels (utils.findings falls back to the split's
-    judgement), or None: the run went back to the labels, its noisy-validation accuracy fell after the split, or its
-    networks collapsed onto one class. No ground truth."""
-    if metrics["went_back"] is not None:
-        return "the run went back to the labels"
-    if has_fallen(metrics):
-        return "the noisy-validation accuracy fell after the split"
-    if has_collapsed(metrics):
-        return "the networks collapsed onto one class"
-    return None
-
-
 class Watch:
     """The noisy-validation curve of a run and what it says after the split. `guard`: whether the run may go back to
     the labels (the plateau rule, with a validation split); `guard_hint`: where it is off, why and what would turn it
