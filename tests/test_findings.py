@@ -65,11 +65,15 @@ def test_the_final_teacher_judges_with_judge_final(tmp_path):
     """--judge final, the final teacher neither memorised nor collapsed: image 7 is now the other class in both
     passes (the split had spared it), image 2 in the augmented one only, less surely than its own class in the plain
     one: flagged are 3 and 7 (the averaged teacher's prediction is not the given label), ranked by the averaged
-    teacher's probability of the label, suggested its prediction, with the final agreement on that."""
+    teacher's probability of the label, suggested its prediction, with the final agreement on that. The student
+    prefers class 0 for image 5 (label 1), more strongly than the teacher its label: the agreement would flag it and
+    rank it among the most suspicious, the teacher does neither."""
     findings, scores = split_findings(tmp_path)
     plain = LABELS.copy()
     plain[[3, 7]] = 1 - LABELS[[3, 7]]
-    passes = [(logits(plain)[0], logits(plain)[1]), (logits(plain)[0].clone(), logits(plain)[1])]
+    student = logits(plain)[1]
+    student[5] = torch.tensor([12.0, 0.0])
+    passes = [(logits(plain)[0], student), (logits(plain)[0], student)]
     passes[1][0][2] = torch.tensor([0.0, 2.0])  # image 2: the other class in the augmented pass, by less
     ranking, flagged, judged, suggested, why = findings.final(passes, "final")
     assert judged == "final_teacher" and flagged.tolist() == [False, False, False, True, False, False, False, True]
@@ -78,6 +82,7 @@ def test_the_final_teacher_judges_with_judge_final(tmp_path):
     teacher = np.mean([torch.softmax(t.double(), 1).numpy() for t, _ in passes], axis=0)
     agreement = np.mean([probabilities(t.numpy(), s.numpy())[0] for t, s in passes], axis=0)
     assert teacher[2, 0] > 0.5  # image 2 stays its own class on average: not flagged
+    assert agreement[5].argmax() == 0 and agreement[5, 1] < 0.01 < 0.99 < teacher[5, 1]  # the two views of image 5
     assert np.allclose(in_dataset_order(table, "final_teacher_given"), teacher[np.arange(N), LABELS], rtol=1e-5)
     assert np.allclose(in_dataset_order(table, "final_agreement_given"), agreement[np.arange(N), LABELS], rtol=1e-5)
     assert table["index"].tolist() == np.argsort(teacher[np.arange(N), LABELS], kind="stable").tolist()
