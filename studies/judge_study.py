@@ -121,7 +121,8 @@ def main():
     p.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"], help="seeds")
     p.add_argument("--study_data", default=STUDY_DATA, help="where studies/make_study_npz.py wrote its files")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (they share the CPU cores)")
-    p.add_argument("--results_dir", default="results/judge_study", help="the runs, the peer's trainings, judge.md")
+    p.add_argument("--results_dir", default="results/judge_study",
+                   help="the runs, the peer's trainings, and judge_<sources>.md with the tables")
     p.add_argument("--peer_schedules", nargs="*", default=None, choices=list(STUDY_SCHEDULES),
                    help="the schedules the peer is trained on (default: every one; '–' in its columns elsewhere)")
     args = p.parse_args()
@@ -129,13 +130,19 @@ def main():
     cells = [(sch, name, seed) for sch in args.schedules for name in label_sets(args.sources, NOISES, sch)
              for seed in args.seeds]
     runs = {cell: guarded_run(args.results_dir, *cell, args.study_data) for cell in cells}
-    stop_if_failed(run_all([run for run, train in runs.values() if train], args.jobs, label="BKD runs (robust recipe)"))
-    peers = {sch: flag_study.peer_runs(rs.peer_args(args, sch), [(n, int(s)) for c, n, s in cells if c == sch],
+    # a run that stops with an error (a non-finite loss) is a result too: its cell is reported, not judged
+    failed = {r.run_dir: last_line(r) for r in run_all([run for run, train in runs.values() if train], args.jobs,
+                                                         label="BKD runs (robust recipe)")}
+    judged = [cell for cell in cells if runs[cell][0].run_dir not in failed]
+    peers = {sch: flag_study.peer_runs(rs.peer_args(args, sch), [(n, int(s)) for c, n, s in judged if c == sch],
                                        STUDY_SCHEDULES[sch]) for sch in args.schedules if sch in args.peer_schedules}
     stop_if_failed(run_all([r for sch in peers for r in peers[sch].values()], args.jobs, label="peer trainings"))
     from cleanlab.filter import find_label_issues
     results, diagnoses = {}, {}
     for (sch, name, seed), (run, _) in runs.items():
+        if run.run_dir in failed:
+            diagnoses.setdefault((sch, name), []).append(dict(seed=seed, split=False, failed=failed[run.run_dir]))
+            continue
         data = LabelSet(name, args.study_data).data()
         y, wrong = data.noisy_labels, data.noise_or_not
         m = run.metrics()
@@ -157,12 +164,20 @@ def main():
                  bkd_cost=e["cost"]))
     text = tables(args, results, diagnoses)
     os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "judge.md"), "w") as f:
+    name = "judge_" + "_".join(args.sources)  # the tables of these sources
+    with open(os.path.join(args.results_dir, f"{name}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(args.results_dir, "judge.json"), "w") as f:
+    with open(os.path.join(args.results_dir, f"{name}.json"), "w") as f:
         json.dump(dict(results={" | ".join(k): v for k, v in results.items()},
                        diagnoses={" | ".join(k): v for k, v in diagnoses.items()}), f)
     print(text)
+
+
+def last_line(run):
+    """The last line of a failed run's log (its error)."""
+    with open(os.path.join(run.run_dir, "training.log"), errors="replace") as f:
+        lines = f.read().splitlines()
+    return "failed: " + (lines[-1].split(": error: ")[-1] if lines else "no log")
 
 
 def difference(results, base, got, field):
@@ -237,7 +252,7 @@ def tables(args, results, diagnoses):
             for name in names:
                 for d in diagnoses.get((sch, name), []):
                     if not d["split"]:
-                        rows.append([name, d["seed"], "no split", "", "", "", "", ""])
+                        rows.append([name, d["seed"], d.get("failed", "no split"), "", "", "", "", ""])
                         continue
                     rows.append([name, d["seed"], "yes" if d["went_back"] else "no",
                                  "–" if d["flagged_fit"] is None else f"{d['flagged_fit']:.2f}",

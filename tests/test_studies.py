@@ -621,3 +621,34 @@ def test_distrust_names_why_the_final_networks_cannot_judge():
     assert distrust(m) == "the noisy-validation accuracy fell after the split"
     m["went_back"] = dict(z=-2.0)
     assert distrust(m) == "the run went back to the labels"
+
+
+def test_the_judge_studys_tables_by_hand():
+    """studies/judge_study.py's tables: a row per candidate and the peer with their paired differences, the gate's
+    row per run (a failed run named by its error), and the pre-registered rule on the confirming rows only."""
+    import judge_study as js
+    seeds = ["0", "1"]
+    args = argparse_namespace(seeds=seeds, schedules=["long"], sources=["fashion", "solar"])
+    results = {}
+    for name, shift in (("fashion pair 25", 0.0), ("solar pair 25", 0.01)):
+        for c_name in js.CANDIDATES:
+            better = 0.02 * (c_name == js.CANDIDATE)
+            results["long", name, c_name] = [dict(auroc=0.8 + better + shift * int(s), f1=0.6 + better, precision=0.7,
+                                                  recall=0.5, flagged=10, seed=s) for s in seeds]
+        results["long", name, js.PEER] = [dict(auroc=0.81, f1=0.63, precision=0.7, recall=0.5, flagged=12, seed=s,
+                                               cost=(100, 10), bkd_cost=dict(training=40, split_passes=8,
+                                                                             final_passes=2)) for s in seeds]
+    gate = dict(split=True, went_back=True, flagged_fit=0.04, memorised=False, collapsed=False, wrong_fit=0.2)
+    diagnoses = {("long", "fashion pair 25"): [dict(gate, seed=s) for s in seeds],
+                 ("long", "solar pair 25"): [dict(gate, seed="0"),
+                                             dict(seed="1", split=False, failed="failed: non-finite loss at epoch 6")]}
+    text = js.tables(args, results, diagnoses)
+    chosen = text.split("### Schedule long, chosen on")[1].split("###")[0]
+    row = next(line for line in chosen.splitlines() if f"| {js.CANDIDATE} |" in line)
+    assert "| +0.010 ± 0.000 |" in row and "| +0.020 ± 0.000 |" in row  # AUROC - peer's, - split's
+    assert "| solar pair 25 | 1 | failed: non-finite loss at epoch 6 |" in text
+    assert "| fashion pair 25 | 0 | yes | 0.04 | no | no | final teacher | 0.20 |" in text
+    rule = text.split("The pre-registered rule on the confirming rows")[1]
+    assert "fashion" not in rule and "- long, solar pair 25, auroc: - split's +0.020 (ok)" in rule
+    assert f"**{js.CANDIDATE}: ships**" in rule and "the goal against the peer NOT met" in rule  # F1 0.62 < 0.63
+    assert "2 network images, 4.0 % of the BKD run" in text and "(2.20x the whole BKD run)" in text
