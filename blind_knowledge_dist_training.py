@@ -150,7 +150,7 @@ def main(args):
             save_json(f"{out_dir}/metrics.json", metrics)
         stop_if_signalled(stop_signal, epoch, last, out_dir, device)
 
-    # ------------------------------------------------------------------ the final networks judge, report
+    # ------------------------------------------------------------------ the final passes, label_issues.csv, report
     metrics.update(judge(findings, eval_teacher, eval_student, batches.full, batches.generator, precision, data, args,
                          metrics))
     finish(metrics, wall_before + time.time() - t0, teacher, student, args, out_dir)

@@ -177,7 +177,7 @@ def last_line(run):
     """The last line of a failed run's log (its error)."""
     with open(os.path.join(run.run_dir, "training.log"), errors="replace") as f:
         lines = f.read().splitlines()
-    return "failed: " + (lines[-1].split(": error: ")[-1] if lines else "no log")
+    return "failed: " + (lines[-1].split(": error: ")[-1].split(";")[0] if lines else "no log")
 
 
 def difference(results, base, got, field):
@@ -205,7 +205,7 @@ def rule(results, rows):
     for sch, name in rows:
         got = results.get((sch, name, CANDIDATE))
         if not got:
-            lines.append(f"- {sch}, {name}: no run split; nothing judged")
+            lines.append(f"- {sch}, {name}: no seed split, nothing judged (the gate's table says why)")
             continue
         for field in ("auroc", "f1"):
             d_split, _ = difference(results, (sch, name, TODAY), got, field)

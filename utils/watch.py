@@ -9,8 +9,8 @@ least NOISE_FLOOR points): `z = (after - before) / (noise * sqrt(1 / BASELINE + 
 - The guard (the default rule only; never the reference's, the paper's method): if within GUARD_EPOCHS epochs of the
   split z falls below -GUARD_Z, the run goes back to the networks and the optimizer of the split and to the given
   labels (one-hot targets) for the rest of the schedule, and says so. Such a run is the no-split run from the split
-  on (a few epochs later); its detection at the split stands, and the final networks judge no labels
-  (utils.findings keeps the split's ranking and flags).
+  on (a few epochs later); its detection at the split stands (with --judge final its final teacher still judges
+  unless it memorised the split's flags: utils.findings).
 - Where the guard is off (the reference recipe, --no-guard, another rule), a WARNING at the epoch where it would have
   gone back, naming what would have turned it on: the run itself goes on with the soft targets.
 - A collapse, under every rule: when in COLLAPSE_EPOCHS epochs in a row after the split the pair puts more of the
