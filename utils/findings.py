@@ -58,10 +58,10 @@ def final_teacher_verdict(teacher_predicted, labels, split_flagged):
     n = int(split_flagged.sum())
     fit = float(np.mean(teacher_predicted[split_flagged] == labels[split_flagged])) if n else 0.0
     if memorised(teacher_predicted, labels, split_flagged):
-        return False, (f"the final teacher gives {fit:.0%} of the {n} labels the split flagged their given class "
-                       f"(more than {MEMORISED_FIT:.0%}): it memorised them")
-    return True, (f"the final teacher gives {fit:.0%} of the {n} labels the split flagged their given class (at "
-                  f"most {MEMORISED_FIT:.0%}: it did not memorise them) and did not collapse onto one class")
+        return False, (f"the final teacher gives {fit:.0%} of the {n} labels the split flagged their given class, "
+                       f"more than {MEMORISED_FIT:.0%}: it memorised them")
+    return True, (f"the final teacher gives {fit:.0%} of the {n} labels the split flagged their given class, not "
+                  f"more than {MEMORISED_FIT:.0%}: it did not memorise them, and it did not collapse onto one class")
 
 
 def split_groups(scores, kept):
