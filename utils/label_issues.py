@@ -49,9 +49,10 @@ def write_label_issues(path, given, suggested, agreement_given, agreement_sugges
                        final_teacher_given=None):
     """Write the table to `path` atomically, sorted by `ranking` (ascending: low = suspicious; default
     agreement_given). Arrays are length N in dataset order; `final_given` is the final networks' agreement on each
-    given label and `final_teacher_given` the final teacher's probability of it (nan where None), `groups` (1..4) is None when the detection split was impossible, `class_names` and
-    `files` are None where the data set has none (empty cells), `dropped` (bool) marks images that label fixes
-    dropped: their group reads "dropped" and they come last. Agreements are written with 6 significant digits; files
+    given label and `final_teacher_given` the final teacher's probability of it (nan where None), `groups` (1..4) is
+    None when the detection split was impossible, `class_names` and `files` are None where the data set has none
+    (empty cells), `dropped` (bool) marks images that label fixes dropped: their group reads "dropped" and they come
+    last. Agreements are written with 6 significant digits; files
     as utils.printable_path writes them."""
     given, suggested = np.asarray(given, dtype=np.int64), np.asarray(suggested, dtype=np.int64)
     agreement_given = np.asarray(agreement_given, dtype=np.float64)
@@ -91,8 +92,8 @@ def write_label_issues(path, given, suggested, agreement_given, agreement_sugges
 def read_label_issues(path, n):
     """The table at `path` as a dict of numpy arrays in the file's order (most suspicious first): index,
     given_label, suggested_label (int), final_agreement_given, final_teacher_given (nan in a table of an earlier
-    version that lacks them), agreement_given, agreement_suggested (float), flagged (bool), plus the text columns file, given_class,
-    suggested_class, group (lists of str). Checks it has N rows, each index once."""
+    version that lacks them), agreement_given, agreement_suggested (float), flagged (bool), plus the text columns
+    file, given_class, suggested_class, group (lists of str). Checks it has N rows, each index once."""
     if not os.path.isfile(path):
         raise _not_split(path)
     try:
