@@ -25,8 +25,8 @@ SPLIT_NAMES = ("upper_mean", "upper_sigma", "lower_mean", "lower_sigma", "thresh
 FINAL_RANKING = ("the final teacher's probability of the given label, averaged over a pass without augmentation and "
                  "one with")
 FINAL_CUT = "the final teacher predicting another class than the given one (its two passes averaged)"
-EARLIER_FINAL_CUT = "suggested label != given, the teacher predicting another class in both final passes"  # --judge
-# final of versions before the final teacher judged: the final networks' agreement
+# what --judge final flagged in versions before the final teacher judged (the final networks' agreement)
+EARLIER_FINAL_CUT = "suggested label != given, the teacher predicting another class in both final passes"
 FINAL_SEED = 100003  # the augmented final pass draws its crops and flips from seed * FINAL_SEED + the last epoch
 
 
